@@ -1,0 +1,255 @@
+"""`bevt <verb>`: parse the command line, then call one function per verb.
+
+Each verb imports its implementation lazily so `bevt --help` stays fast and a verb's heavy
+dependencies (PyAV, TensorBoard, ...) load only when that verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+from bevt.errors import UsageError
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments per verb. Each `_add_<verb>` builds one sub-parser; each `_run_<verb>` runs it.
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="parameters and GMACs per view of a model flavor")
+    p.add_argument("name", help="model flavor: debug, swin_t, swin_s, swin_b, swin_l")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--window", default="8,7,7", help="temporal,height,width window (default 8,7,7)")
+    p.add_argument("--num-classes", type=int, default=400)
+    return _run_info
+
+
+def _run_info(args):
+    from bevt.models.summary import run_info
+
+    return run_info(args)
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="convert a torchvision or official checkpoint to bevt safetensors")
+    p.add_argument("--from", dest="source", choices=["torchvision", "official"], required=True)
+    p.add_argument("input", help="input checkpoint (.pth / .pt / .safetensors)")
+    p.add_argument("output", help="output .safetensors file")
+    p.add_argument("--window", default=None, help="target window t,h,w (bias tables are resized to it)")
+    return _run_convert
+
+
+def _run_convert(args):
+    from bevt.convert import run_convert
+
+    return run_convert(args)
+
+
+def _add_tokenizer(sub):
+    p = sub.add_parser("tokenizer", help="import the DALL-E dVAE or train a VQ tokenizer")
+    tsub = p.add_subparsers(dest="tokenizer_verb", required=True)
+    imp = tsub.add_parser("import-dalle", help="convert the official DALL-E pickles to safetensors once")
+    imp.add_argument("encoder", help="encoder.pkl from the dall_e release")
+    imp.add_argument("decoder", nargs="?", default=None, help="decoder.pkl (optional, for pictures)")
+    imp.add_argument("--out", required=True, help="output directory")
+    imp.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: the official files are pickled modules and unpickling runs their code",
+    )
+    tr = tsub.add_parser("train", help="train bevt's own VQ tokenizer on a folder of images")
+    tr.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    tr.add_argument("--out", required=True, help="output directory (checkpoints, tokenizer.safetensors)")
+    tr.add_argument("--size", type=int, default=112, help="tokenizer input size (half the model input)")
+    tr.add_argument("--codebook-size", type=int, default=512)
+    tr.add_argument("--width", type=int, default=64, help="base channel width")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    return _run_tokenizer
+
+
+def _run_tokenizer(args):
+    if args.tokenizer_verb == "import-dalle":
+        from bevt.tokenizers.dalle import run_import_dalle
+
+        return run_import_dalle(args)
+    from bevt.tokenizers.vq import run_train_vq
+
+    return run_train_vq(args)
+
+
+def _add_visualize(sub):
+    p = sub.add_parser("visualize", help="PNG grid: input, mask, tokenizer and model reconstructions")
+    p.add_argument("input", help="an image or a video file")
+    p.add_argument("--checkpoint", default=None, help="pretraining checkpoint (model predictions)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (defaults to the checkpoint's)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--seed", type=int, default=0)
+    return _run_visualize
+
+
+def _run_visualize(args):
+    from bevt.visualize import run_visualize
+
+    return run_visualize(args)
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write the built-in synthetic benchmark (images + two video tasks)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--frames", type=int, default=16, help="frames per video")
+    p.add_argument("--images-per-class", type=int, default=40)
+    p.add_argument("--videos-per-class", type=int, default=24, help="training videos per class and task")
+    p.add_argument("--val-videos-per-class", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    return _run_synth
+
+
+def _run_synth(args):
+    from bevt.data.synthetic import run_synth
+
+    return run_synth(args)
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_verb", required=True)
+    chk = dsub.add_parser("check", help="decode one clip of every sample; report unreadable ones")
+    chk.add_argument("path", help="a list file, an annotation json/csv, or a folder")
+    chk.add_argument("--root", default=None, help="prefix for relative video paths")
+    chk.add_argument("--labels", default=None, help="SSv2 labels json")
+    chk.add_argument("--frames", type=int, default=16)
+    chk.add_argument("--interval", type=int, default=8)
+    chk.add_argument("--workers", type=int, default=4)
+    chk.add_argument("--write-clean", default=None, metavar="OUT", help="write the list without the bad samples")
+    return _run_data
+
+
+def _run_data(args):
+    from bevt.data.check import run_check
+
+    return run_check(args)
+
+
+def _add_train_verb(sub, verb, help_text):
+    p = sub.add_parser(verb, help=help_text)
+    p.add_argument("--config", required=True, help="YAML recipe (a path, or the name of a shipped recipe)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.out=runs/x")
+    p.add_argument("--dry-run", action="store_true", help="build model, optimizer and schedule, check data paths, stop")
+    p.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint in run.out) or a path")
+
+
+def _add_pretrain(sub):
+    _add_train_verb(sub, "pretrain", "masked image / video modeling: streams image (stage 1), joint (stage 2), video")
+    return _run_train
+
+
+def _add_finetune(sub):
+    _add_train_verb(sub, "finetune", "finetune the video encoder + classification head")
+    return _run_train
+
+
+def _run_train(args):
+    from bevt.train.main import run_training
+
+    return run_training(args)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="multi-view top-1/top-5 and the temporal dependency test")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default=None, help="directory for results.json and results.md")
+    p.add_argument("--temporal-test", action="store_true", help="also single-frame and shuffled evaluation")
+    return _run_evaluate
+
+
+def _run_evaluate(args):
+    from bevt.eval.classify import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="top-5 labels of video files with a finetuned checkpoint")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--top-k", type=int, default=5)
+    return _run_predict
+
+
+def _run_predict(args):
+    from bevt.eval.predict import run_predict
+
+    return run_predict(args)
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="the paper's Table 1 and 2 in miniature on the built-in benchmark")
+    p.add_argument("--quick", action="store_true", help="a 3-minute smoke version")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seed", type=int, default=0)
+    return _run_demo
+
+
+def _run_demo(args):
+    from bevt.demo import run_demo
+
+    return run_demo(args)
+
+
+VERBS = [
+    _add_info,
+    _add_convert,
+    _add_tokenizer,
+    _add_visualize,
+    _add_synth,
+    _add_data,
+    _add_pretrain,
+    _add_finetune,
+    _add_evaluate,
+    _add_predict,
+    _add_demo,
+]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="bevt", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    runners = {}
+    for add in VERBS:
+        before = set(sub.choices)
+        runner = add(sub)
+        for name in set(sub.choices) - before:
+            runners[name] = runner
+    return parser, runners
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(runners[args.verb](args) or 0)
+    except UsageError as err:
+        print(f"bevt {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
