@@ -70,7 +70,7 @@ def _add_tokenizer(sub):
     tr.add_argument("--width", type=int, default=64, help="base channel width")
     tr.add_argument("--steps", type=int, default=2000)
     tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-every", type=int, default=500)
     return _run_tokenizer
@@ -109,6 +109,7 @@ def _add_synth(sub):
     p.add_argument("--size", type=int, default=64, help="frame side in pixels")
     p.add_argument("--frames", type=int, default=16, help="frames per video")
     p.add_argument("--images-per-class", type=int, default=40)
+    p.add_argument("--val-images-per-class", type=int, default=10)
     p.add_argument("--videos-per-class", type=int, default=24, help="training videos per class and task")
     p.add_argument("--val-videos-per-class", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)

@@ -1,0 +1,128 @@
+"""Forward+backward time and peak memory of bevt's Video Swin vs torchvision's swin3d, side by side.
+
+Both models get the same weights (`bevt.convert.from_torchvision`) and the same input; the runs
+alternate between the two and the median of `--repeats` is reported. bevt is built with
+`reference_bias_slicing=True` so the logits must match torchvision's (checked first); the
+switch changes which bias rows are read, not the cost. Stochastic depth and the head dropout are
+off in both so every run does the same work.
+
+Peak memory is the most memory held during one step above the level at its start (activations,
+temporaries and gradients; weights and input excluded): on CUDA from the caching allocator's
+peak statistics, on CPU from the running total of PyTorch's CPU allocator in torch.profiler's
+allocation events (profile_memory=True), measured in a separate, untimed step.
+
+    python benchmarks/backbone.py                                   # swin_t 2x3x16x112x112 fp32 CPU
+    python benchmarks/backbone.py --device cuda --dtype bf16 --batch 8 --frames 32 --size 224
+
+Imports only torch, torchvision, timm and bevt's model code (no video decoding), so it runs on a
+bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+from torchvision.ops import StochasticDepth
+
+from bevt.convert import from_torchvision, load_weights
+from bevt.models import create_model
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="swin_t", choices=["swin_t", "swin_s", "swin_b"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="bf16/fp16 run under autocast")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per model (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build_pair(name, device):
+    """torchvision swin3d and bevt's classifier with identical weights, both in train mode."""
+    reference = getattr(torchvision.models.video, name.replace("swin_", "swin3d_"))(num_classes=400)
+    for module in reference.modules():
+        if isinstance(module, StochasticDepth):
+            module.p = 0.0
+    ours = create_model(name, num_classes=400, reference_bias_slicing=True, head_dropout=0.0)
+    load_weights(ours, from_torchvision(reference.state_dict()))
+    return reference.to(device).train(), ours.to(device).train()
+
+
+def train_step(model, video, dtype):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(video.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(video)
+    logits.float().square().mean().backward()
+    if video.device.type == "cuda":
+        torch.cuda.synchronize()
+    return logits.detach().float()
+
+
+def peak_memory_bytes(model, video, dtype):
+    """Most bytes held during one step above the level at its start."""
+    model.zero_grad(set_to_none=True)
+    if video.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        train_step(model, video, dtype)
+        return torch.cuda.max_memory_allocated() - start
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_step(model, video, dtype)
+    # total_allocated: the CPU allocator's running total (bytes since profiling began) after each event
+    stack, peak = list(prof.profiler.kineto_results.experimental_event_tree()), 0
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            peak = max(peak, node.extra_fields.total_allocated)
+    return peak
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    reference, ours = build_pair(args.model, device)
+    video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
+    models = {f"torchvision {args.model.replace('swin_', 'swin3d_')}": reference, f"bevt {args.model}": ours}
+
+    diff = (train_step(ours, video, dtype) - train_step(reference, video, dtype)).abs().max().item()
+    for _ in range(args.warmup):
+        for model in models.values():
+            train_step(model, video, dtype)
+    times = {name: [] for name in models}
+    for i in range(args.repeats):
+        for name in list(models)[:: 1 if i % 2 == 0 else -1]:  # alternate which model goes first
+            start = time.perf_counter()
+            train_step(models[name], video, dtype)
+            times[name].append(time.perf_counter() - start)
+    peaks = {name: peak_memory_bytes(model, video, dtype) for name, model in models.items()}
+
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(f"{args.model} {args.batch}x3x{args.frames}x{args.size}x{args.size} {args.dtype} on {device}{threads}: "
+          f"forward+backward, median of {args.repeats} alternating runs")
+    for name in models:
+        print(f"  {name:<22} {statistics.median(times[name]) * 1e3:9.1f} ms  (min {min(times[name]) * 1e3:.1f})"
+              f"  peak {peaks[name] / 2**20:8.1f} MiB")
+    (ref_name, our_name) = models
+    time_ratio = statistics.median(times[our_name]) / statistics.median(times[ref_name])
+    print(f"  bevt/torchvision: time {time_ratio:.2f}x, peak memory {peaks[our_name] / peaks[ref_name]:.2f}x;"
+          f" max |logit difference| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""Typed run configuration: nested dataclasses, YAML recipes as diffs over their defaults.
+
+`load_config(recipe, overrides)` reads a recipe (a path, or the name of one shipped in
+`bevt/configs/`), applies `key=value` overrides (values parsed as YAML), and builds the
+dataclasses. Every field carries a one-line doc; unknown keys fail with the nearest valid name and
+bad values fail with the key named, all before anything heavy is built. The defaults are the
+paper's Swin-B joint pretraining recipe (BEVT-FACTS.md), so recipes only list what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from bevt.errors import ConfigError
+
+RECIPES = resources.files("bevt") / "configs"
+
+
+def doc(default, text: str):
+    """A dataclass field with its one-line documentation (shown in errors about the field)."""
+    return field(default=default, metadata={"doc": text})
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc("swin_b", "encoder flavor: debug, swin_t, swin_s, swin_b, swin_l")
+    window_size: tuple[int, int, int] | None = doc(None, "attention window (t, h, w); null = the flavor's (8, 7, 7); SSv2: (16, 7, 7)")
+    drop_path_rate: float = doc(0.3, "stochastic depth rate of the last block (linearly increasing)")
+    use_checkpoint: bool = doc(False, "gradient checkpointing of every block (less memory, ~30% slower)")
+    head_dropout: float = doc(0.5, "dropout before the classification head (finetuning)")
+
+    def __post_init__(self):
+        from bevt.models import MODEL_FLAVORS
+
+        _check(self.name in MODEL_FLAVORS, "name", f"unknown flavor {self.name!r}; choose one of {', '.join(MODEL_FLAVORS)}")
+        _check(self.window_size is None or min(self.window_size) >= 1, "window_size", "every window side must be >= 1")
+        _check(0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)")
+        _check(0 <= self.head_dropout < 1, "head_dropout", "must be in [0, 1)")
+
+
+@dataclass
+class MaskingConfig:
+    video: Literal["tube", "frame_diff", "random_frame", "random3d"] = doc(
+        "tube", "video mask strategy (paper Table 8); images always use blockwise masking"
+    )
+    ratio: float = doc(0.5, "fraction of tokenizer cells masked per image / per masked temporal step")
+    min_cells: int = doc(16, "smallest block area in cells (BEiT blockwise masking)")
+    tube_length: tuple[float, float] = doc((0.5, 1.0), "range of masked temporal steps, as fractions of T'")
+    wrap: bool = doc(True, "a tube that runs past the last step wraps around (released code)")
+
+    def __post_init__(self):
+        _check(0 < self.ratio < 1, "ratio", "must be in (0, 1)")
+        _check(self.min_cells >= 1, "min_cells", "must be >= 1")
+        low, high = self.tube_length
+        _check(0 < low <= high <= 1, "tube_length", "must be (low, high) with 0 < low <= high <= 1")
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = doc(None, "tokenizer directory from `bevt tokenizer import-dalle` or `bevt tokenizer train`")
+
+
+@dataclass
+class DataConfig:
+    images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths")
+    train: str | None = doc(None, "training videos: list file, Kinetics CSV, SSv2 / Diving48 json, or class folders")
+    val: str | None = doc(None, "evaluation videos, same formats as `train`")
+    root: str | None = doc(None, "folder the video paths in `train` / `val` are relative to")
+    labels: str | None = doc(None, "Something-Something v2 labels.json (template -> id)")
+    frames: int = doc(16, "frames per clip")
+    interval: int = doc(8, "frame interval of interval sampling")
+    sampling: Literal["interval", "segment"] = doc("interval", "clip sampling: interval, or uniform segments (SSv2)")
+    size: int = doc(224, "model input side in pixels (the tokenizer sees half of it)")
+    short_side: tuple[int, int] = doc((256, 320), "pretraining: short side rescaled uniformly in this range before the crop")
+    flip: bool = doc(True, "random horizontal flip")
+    color_jitter: float = doc(0.4, "image stream: brightness / contrast / saturation jitter strength")
+    randaugment: tuple[int, int] | None = doc(None, "finetuning: RandAugment (ops, magnitude), same ops on every frame")
+    random_erasing: float = doc(0.0, "finetuning: probability of random erasing (same box on every frame)")
+    video_batch_size: int = doc(4, "clips per process per micro-step")
+    image_batch_size: int = doc(32, "images per process per micro-step (image and joint streams)")
+    workers: int = doc(8, "DataLoader worker processes per stream")
+    max_skip_fraction: float = doc(0.01, "fail once this share of samples could not be read")
+
+    def __post_init__(self):
+        _check(self.frames >= 2 and self.frames % 2 == 0, "frames", "must be even and >= 2 (2 frames per patch step)")
+        _check(self.interval >= 1, "interval", "must be >= 1")
+        _check(self.size >= 32 and self.size % 32 == 0, "size", "must be a multiple of 32 (the stage-4 stride)")
+        low, high = self.short_side
+        _check(self.size <= low <= high, "short_side", f"must be (low, high) with size={self.size} <= low <= high")
+        if self.randaugment is not None:
+            _check(self.randaugment[0] >= 1 and self.randaugment[1] >= 0, "randaugment", "must be (ops >= 1, magnitude >= 0)")
+        _check(0 <= self.random_erasing <= 1, "random_erasing", "must be a probability")
+        _check(self.video_batch_size >= 1, "video_batch_size", "must be >= 1")
+        _check(self.image_batch_size >= 1, "image_batch_size", "must be >= 1")
+        _check(self.workers >= 0, "workers", "must be >= 0")
+        _check(0 <= self.max_skip_fraction <= 1, "max_skip_fraction", "must be in [0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc(5e-4, "peak learning rate after warm-up (absolute, not scaled with the batch)")
+    min_lr: float = doc(0.0, "learning rate at the end of the cosine")
+    weight_decay: float = doc(0.05, "AdamW weight decay (never on norms, biases, bias tables, mask token)")
+    betas: tuple[float, float] = doc((0.9, 0.999), "AdamW betas")
+    epochs: float = doc(150.0, "training length in epochs of the main stream (video; images for stage 1)")
+    warmup_epochs: float = doc(10.0, "linear warm-up length in epochs")
+    layer_decay: float = doc(1.0, "layer-wise lr decay per block towards the input (finetuning: 0.9)")
+    backbone_lr_scale: float = doc(1.0, "lr multiplier of the encoder relative to the head (SSv2: 0.1)")
+    clip_grad: float | None = doc(3.0, "max global gradient norm; null = no clipping")
+    accum_steps: int = doc(1, "micro-steps accumulated per optimizer step")
+    ema: bool = doc(False, "keep an exponential moving average of the weights (saved as ema.safetensors)")
+    ema_decay: float = doc(0.9999, "EMA decay per optimizer step")
+
+    def __post_init__(self):
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
+        _check(self.epochs > 0, "epochs", "must be > 0")
+        _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "must be in [0, epochs]")
+        _check(0 < self.layer_decay <= 1, "layer_decay", "must be in (0, 1]")
+        _check(self.backbone_lr_scale > 0, "backbone_lr_scale", "must be > 0")
+        _check(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "must be > 0 or null")
+        _check(self.accum_steps >= 1, "accum_steps", "must be >= 1")
+        _check(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+
+
+@dataclass
+class PretrainConfig:
+    streams: Literal["image", "video", "joint"] = doc("joint", "image = stage 1 (BEVT-I), joint = stage 2 (BEVT), video = BEVT-V")
+    video_loss_weight: float = doc(1.0, "lambda in L = L_MIM + lambda * L_MVM")
+
+    def __post_init__(self):
+        _check(self.video_loss_weight >= 0, "video_loss_weight", "must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    num_classes: int | None = doc(None, "classes of the finetuning task (required for finetuning)")
+    label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy (SSv2: 0.1)")
+    mixup: float = doc(0.0, "mixup alpha; 0 = off")
+    cutmix: float = doc(0.0, "cutmix alpha; 0 = off")
+
+    def __post_init__(self):
+        _check(self.num_classes is None or self.num_classes >= 2, "num_classes", "must be >= 2")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        _check(self.mixup >= 0 and self.cutmix >= 0, "mixup", "alphas must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    clips: int = doc(4, "clips per video at test time (softmax averaged over clips x crops)")
+    crops: Literal[1, 3] = doc(3, "spatial crops per clip: 1 (centre) or 3 (left/centre/right)")
+    batch_size: int = doc(2, "videos per process per evaluation batch (each with clips x crops views)")
+
+    def __post_init__(self):
+        _check(self.clips >= 1, "clips", "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    out: str = doc("runs/default", "run directory: checkpoints, metrics.jsonl, TensorBoard (default runs/<recipe>)")
+    seed: int = doc(0, "base seed; rank r uses seed + r")
+    device: Literal["auto", "cpu", "cuda"] = doc("auto", "auto = cuda when available")
+    precision: Literal["bf16", "fp16", "fp32"] = doc("bf16", "autocast dtype; fp16 adds a grad scaler (GPU only)")
+    parallel: Literal["ddp", "fsdp"] = doc("ddp", "multi-process strategy under torchrun")
+    init_from: str | None = doc(None, "checkpoint to start from: stage 1 for stage 2 (inflated 2D -> 3D), a pretraining run for finetuning")
+    checkpoint_every: int = doc(1000, "optimizer steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: int = doc(2, "complete checkpoints kept; older ones are deleted")
+    log_every: int = doc(10, "optimizer steps between metric lines")
+
+    def __post_init__(self):
+        _check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        _check(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclass
+class Config:
+    task: Literal["pretrain", "finetune"] = doc("pretrain", "which verb runs this recipe")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        """Checks across sections: which inputs the task needs."""
+        for key in self.required_paths():
+            section, name = key.split(".")
+            _check(getattr(getattr(self, section), name) is not None, key, f"is required for {self.describe()}")
+        if self.task == "finetune":
+            _check(self.finetune.num_classes is not None, "finetune.num_classes", "is required for finetuning")
+
+    def describe(self) -> str:
+        return f"pretraining with streams={self.pretrain.streams}" if self.task == "pretrain" else "finetuning"
+
+    def required_paths(self) -> list[str]:
+        """Config keys of the inputs this task reads."""
+        if self.task == "finetune":
+            return ["data.train"]
+        keys = ["tokenizer.path"]
+        if self.pretrain.streams in ("image", "joint"):
+            keys.append("data.images")
+        if self.pretrain.streams in ("video", "joint"):
+            keys.append("data.train")
+        return keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the dataclasses from plain dicts, with the key named in every error.
+# ----------------------------------------------------------------------------------------------
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value, annotation, key: str):
+    """`value` as the annotated type (YAML gives lists for tuples, ints for floats, '1e-4' as str)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, args))}{_suggest(value, args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, annotation):
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {annotation.__name__}")
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown key {key!r}{_suggest(key, [prefix + f for f in fields])}")
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if not prefix:
+            raise
+        name, message = str(err).split(":", 1)
+        value = kwargs.get(name, fields[name].default)
+        raise ConfigError(f"{prefix}{name}={value!r}:{message} ({fields[name].metadata['doc']})") from None
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a Config from nested plain values (a recipe with overrides applied)."""
+    return _build(Config, raw, "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) that YAML and `config_from_dict` round-trip."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in bevt/configs/."""
+    return sorted(p.name.removesuffix(".yaml") for p in RECIPES.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe(path_or_name: str | Path) -> dict:
+    """A recipe file as a dict: a path, or the name of a shipped recipe ("tiny_joint")."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = RECIPES / f"{path_or_name}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"no config file {str(path_or_name)!r} and no shipped recipe of that name"
+                f"{_suggest(path_or_name, recipe_names())}; shipped: {', '.join(recipe_names())}"
+            )
+        path = shipped
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections")
+    return raw
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `section.key=value` (value parsed as YAML) to a nested dict, in place."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    *sections, name = key.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {section!r} is not a section")
+    node[name] = value
+
+
+def load_config(path_or_name: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Recipe (path or shipped name) + `key=value` overrides -> validated Config."""
+    raw = read_recipe(path_or_name)
+    if isinstance(raw.setdefault("run", {}), dict):
+        raw["run"].setdefault("out", f"runs/{Path(path_or_name).stem}")
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

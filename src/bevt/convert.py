@@ -1,0 +1,302 @@
+"""Checkpoints from torchvision, the official Video Swin / BEVT code and 2D Swin, in bevt's keys.
+
+Every converter returns the state dict of `create_model(name, num_classes=N)`: keys `encoder.*`
+and, when the checkpoint has a classification head, `head.*`. Checkpoints are read with
+`torch.load(weights_only=True)` (never unpickling arbitrary objects) or from safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bevt.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = (8, 7, 7)
+# Official prefixes from DDP, mmaction recognisers and pretraining wrappers.
+_PREFIXES = ("module.", "backbone.", "encoder.")
+# Buffers the model rebuilds itself.
+_BUFFERS = ("relative_position_index", "attn_mask")
+# BEVT pretraining parts (decoders, token head, frozen dVAE) that are not part of the encoder.
+_PRETRAINING_ONLY = ("lm_down.", "lm_down_st.", "fpn.", "fpn_s.", "fpn_t.", "cls_head.lm_head.", "cls_head.vae_encoder.")
+_TABLE = "relative_position_bias_table"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and checking
+# ----------------------------------------------------------------------------------------------
+
+
+def load_checkpoint_file(path):
+    """Tensors of a .safetensors / .pth / .pt file, unwrapped from {"state_dict"|"model"|"module": ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # lazy: `import bevt` needs only torch
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable, truncated, or pickles objects beyond plain tensors
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(model, state_dict):
+    """`model.load_state_dict` that fails with a `CheckpointError` naming every bad key."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in sorted(own.keys() & state_dict.keys()) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched))
+    model.load_state_dict(state_dict)
+
+
+def _describe_mismatch(missing, unexpected, mismatched):
+    def head(keys):
+        return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+    parts = [f"{name}: {head(keys)}" for name, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
+    return "checkpoint does not match the model; " + "; ".join(parts)
+
+
+def encoder_config(state_dict):
+    """Encoder kwargs (embed_dim, depths, num_heads, window_size) read off a converted state dict,
+    and the flavor they match (None for a custom shape). The spatial window is the flavor's
+    (7x7 for custom shapes); the temporal one follows from the bias-table size."""
+    from bevt.models import MODEL_FLAVORS
+
+    try:
+        embed_dim = state_dict["encoder.patch_embed.proj.weight"].shape[0]
+    except KeyError:
+        raise CheckpointError("no encoder.patch_embed.proj.weight: not a Video Swin checkpoint") from None
+    tables = {}  # stage -> block -> table
+    for key, value in state_dict.items():
+        if match := re.fullmatch(rf"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attn\.{_TABLE}", key):
+            tables.setdefault(int(match[1]), {})[int(match[2])] = value
+    depths = tuple(len(tables[i]) for i in range(len(tables)))
+    num_heads = tuple(tables[i][0].shape[1] for i in range(len(tables)))
+    flavor = next((name for name, kw in MODEL_FLAVORS.items()
+                   if (kw["embed_dim"], tuple(kw["depths"]), tuple(kw["num_heads"])) == (embed_dim, depths, num_heads)),
+                  None)
+    h, w = MODEL_FLAVORS[flavor].get("window_size", DEFAULT_WINDOW)[1:] if flavor else DEFAULT_WINDOW[1:]
+    temporal_offsets = tables[0][0].shape[0] // ((2 * h - 1) * (2 * w - 1))
+    window = ((temporal_offsets + 1) // 2, h, w)
+    return dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window), flavor
+
+
+def check_converted(state_dict):
+    """Raise `CheckpointError` unless `state_dict` loads into the model its shapes describe."""
+    from bevt.models import create_model
+
+    config, flavor = encoder_config(state_dict)
+    num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
+    with torch.device("meta"):
+        model = create_model(flavor or "swin_t", num_classes=num_classes, **config)
+    expected = model.state_dict() if num_classes else {f"encoder.{k}": v for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(expected.keys() & state_dict.keys()) if expected[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched))
+    return config, flavor
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight surgery shared by the converters and by training (stage 1 -> stage 2)
+# ----------------------------------------------------------------------------------------------
+
+
+def inflate_patch_embed(weight_2d, frames=2):
+    """(C,3,4,4) -> (C,3,frames,4,4): repeated over time and divided by `frames`, so a static clip
+    embeds exactly like the image."""
+    return weight_2d.unsqueeze(2).repeat(1, 1, frames, 1, 1) / frames
+
+
+def resize_bias_table(table, window_size):
+    """Bias table of any temporal window -> `window_size`, by trilinear interpolation over the
+    (t,h,w) relative offsets; a 2D table (one temporal offset) is thereby tiled over all offsets.
+    The spatial window must already match."""
+    t, h, w = (2 * n - 1 for n in window_size)
+    rows, heads = table.shape
+    if rows % (h * w):
+        raise CheckpointError(f"bias table with {rows} rows does not fit a {window_size[1]}x{window_size[2]} window")
+    grid = table.t().reshape(1, heads, rows // (h * w), h, w)
+    resized = F.interpolate(grid.float(), size=(t, h, w), mode="trilinear", align_corners=True)
+    return resized.reshape(heads, t * h * w).t().to(table.dtype).contiguous()
+
+
+def resize_bias_tables(state_dict, window_size):
+    """Every relative-position bias table of `state_dict` resized to `window_size` (new dict)."""
+    rows = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
+    return {k: resize_bias_table(v, window_size) if k.endswith(_TABLE) and v.shape[0] != rows else v
+            for k, v in state_dict.items()}
+
+
+def inflate_image_checkpoint(state_dict, window_size=DEFAULT_WINDOW):
+    """Initialise the video stream from an image-stream (stage 1) bevt checkpoint (new dict).
+
+    The video patch embedding becomes the 2D one inflated over 2 frames (repeat, /2) and every
+    bias table gets its temporal-offset-0 slice (the only one the image stream trained) tiled over
+    all temporal offsets. Keys may carry any prefix (`encoder.`, `model.encoder.`, ...).
+    """
+    out = dict(state_dict)
+    spatial = (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
+    centre = (window_size[0] - 1) * spatial  # first row of temporal offset 0
+    for key, value in state_dict.items():
+        if key.endswith(_TABLE) and value.shape[0] != (2 * window_size[0] - 1) * spatial:
+            raise CheckpointError(f"{key} has {value.shape[0]} rows, not those of a {window_size} window")
+        if key.endswith("patch_embed_2d.proj.weight"):
+            out[key.replace("patch_embed_2d.", "patch_embed.")] = inflate_patch_embed(value)
+        elif re.search(r"patch_embed_2d\.(proj\.bias|norm\.weight|norm\.bias)$", key):
+            out[key.replace("patch_embed_2d.", "patch_embed.")] = value.clone()
+        elif key.endswith(_TABLE):
+            out[key] = resize_bias_table(value[centre : centre + spatial], window_size)
+    return out
+
+
+def _add_image_stream(state_dict):
+    """Give a video-only encoder state dict (keys without prefix) the image-stream parameters.
+
+    The 2D embedding is the 3D one summed over its 2 frames (inverse of the inflation), so an
+    image x runs exactly like the static clip [x, x]; the mask token starts at zero (only
+    pretraining uses it).
+    """
+    if "patch_embed_2d.proj.weight" not in state_dict:
+        state_dict["patch_embed_2d.proj.weight"] = state_dict["patch_embed.proj.weight"].sum(2)
+        for name in ("proj.bias", "norm.weight", "norm.bias"):
+            state_dict[f"patch_embed_2d.{name}"] = state_dict[f"patch_embed.{name}"].clone()
+    if "mask_token" not in state_dict:
+        embed_dim = state_dict["patch_embed.proj.weight"].shape[0]
+        state_dict["mask_token"] = torch.zeros(1, 1, embed_dim, dtype=state_dict["patch_embed.proj.weight"].dtype)
+
+
+def _with_prefix(encoder_state, head_state):
+    return {**{f"encoder.{k}": v for k, v in encoder_state.items()}, **head_state}
+
+
+# ----------------------------------------------------------------------------------------------
+# Converters
+# ----------------------------------------------------------------------------------------------
+
+
+def _torchvision_key(key):
+    """torchvision swin3d key -> (bevt encoder key or None for the head, head key or None)."""
+    if match := re.fullmatch(r"features\.(\d+)\.(\d+)\.(.+)", key):  # features.{2i}.{j}: blocks
+        stage, block, rest = int(match[1]), match[2], match[3]
+        rest = re.sub(r"^mlp\.0\.", "mlp.fc1.", re.sub(r"^mlp\.3\.", "mlp.fc2.", rest))
+        if stage % 2 == 0:
+            return f"layers.{stage // 2}.blocks.{block}.{rest}"
+    if match := re.fullmatch(r"features\.(\d+)\.((?:reduction|norm)\..+)", key):  # features.{2i+1}
+        if int(match[1]) % 2 == 1:
+            return f"layers.{int(match[1]) // 2}.downsample.{match[2]}"
+    if re.fullmatch(r"(patch_embed\.(proj|norm)|norm)\.(weight|bias)", key):
+        return key
+    return None
+
+
+def from_torchvision(state_dict):
+    """torchvision `swin3d_t/s/b` state dict (head included) -> `create_model(..., num_classes=N)`.
+
+    The image stream, which torchvision lacks, gets the video embedding folded over its 2 frames
+    and a zero mask token, so the result loads strictly.
+    """
+    encoder, head, unexpected = {}, {}, []
+    for key, value in state_dict.items():
+        if key.endswith(_BUFFERS):
+            continue
+        if key in ("head.weight", "head.bias"):
+            head[key] = value
+        elif (ours := _torchvision_key(key)) is not None:
+            encoder[ours] = value
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise CheckpointError(_describe_mismatch([], unexpected, []) + " (is this a torchvision swin3d state dict?)")
+    if "patch_embed.proj.weight" not in encoder:
+        raise CheckpointError(_describe_mismatch(["patch_embed.proj.weight"], [], []))
+    _add_image_stream(encoder)
+    return _with_prefix(encoder, head)
+
+
+def from_official(state_dict, window_size=None):
+    """Official Video Swin / BEVT (mmaction2) or 2D Swin state dict -> bevt keys.
+
+    Strips `module.`/`backbone.`/`encoder.` prefixes, drops rebuilt buffers and BEVT's
+    pretraining-only parts (decoders, token head, dVAE), maps `cls_head.fc_cls` to `head`.
+    A 2D checkpoint (4-D patch embedding, e.g. BEVT's image stream) is inflated to 3D: its patch
+    embedding becomes the image stream's and, inflated, the video one; its 2D bias tables are
+    tiled over the temporal offsets; a 2D classification head is dropped. Bias tables are
+    resized to `window_size` (None: 3D tables kept, 2D ones tiled for 8x7x7).
+    """
+    encoder, head = {}, {}
+    for key, value in state_dict.items():
+        for prefix in _PREFIXES:
+            key = key.removeprefix(prefix)
+        if key.endswith(_BUFFERS) or key.startswith(_PRETRAINING_ONLY):
+            continue
+        if key.startswith("cls_head.fc_cls."):
+            head["head." + key.removeprefix("cls_head.fc_cls.")] = value
+        else:
+            encoder[key] = value
+    if "patch_embed.proj.weight" not in encoder:
+        raise CheckpointError(_describe_mismatch(["patch_embed.proj.weight"], [], []) + " (not a Swin checkpoint?)")
+
+    is_2d = encoder["patch_embed.proj.weight"].dim() == 4
+    if is_2d:
+        for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias"):
+            if f"patch_embed.{name}" in encoder:
+                encoder.setdefault(f"patch_embed_2d.{name}", encoder[f"patch_embed.{name}"])
+        encoder["patch_embed.proj.weight"] = inflate_patch_embed(encoder["patch_embed_2d.proj.weight"])
+        dropped = [k for k in encoder if k.startswith("head.")]
+        for key in dropped:
+            del encoder[key]
+        if dropped:
+            log.info("dropped the 2D classification head (%s)", ", ".join(dropped))
+    _add_image_stream(encoder)
+    if window_size is not None or is_2d:
+        encoder = resize_bias_tables(encoder, tuple(window_size or DEFAULT_WINDOW))
+    return _with_prefix(encoder, head)
+
+
+def run_convert(args):
+    """`bevt convert --from {torchvision,official} IN OUT [--window t,h,w]`: writes safetensors."""
+    state = load_checkpoint_file(args.input)
+    window = tuple(int(n) for n in args.window.split(",")) if args.window else None
+    if args.source == "torchvision":
+        converted = from_torchvision(state)
+        if window is not None:
+            converted = resize_bias_tables(converted, window)
+    else:
+        converted = from_official(state, window_size=window)
+    config, flavor = check_converted(converted)
+    num_classes = converted["head.weight"].shape[0] if "head.weight" in converted else None
+    metadata = {
+        "format": "bevt",
+        "model": flavor or "custom",
+        "window_size": ",".join(map(str, config["window_size"])),
+        "num_classes": str(num_classes or 0),
+        "converted_from": f"{args.source}:{Path(args.input).name}",
+    }
+    from safetensors.torch import save_file
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in converted.items()}, args.output, metadata=metadata)
+    print(f"wrote {args.output}: {flavor or 'custom'} window {metadata['window_size']}, "
+          f"{len(converted)} tensors, {'no head' if num_classes is None else f'{num_classes} classes'}")
+    return 0

@@ -1,0 +1,177 @@
+"""Clip-consistent augmentations on uint8 videos (torchvision.transforms.v2).
+
+A clip is wrapped as a `tv_tensors.Video` (T,3,H,W), for which v2 draws each random parameter
+once and applies it to every frame: the same crop, flip, RandAugment ops and erasing box on all
+frames, so augmentation never invents motion. Images go through the same code as one-frame clips.
+
+Randomness comes from torch's global generator; datasets call transforms inside
+`seeded(seed)` so that a sample's augmentation depends only on its own seed.
+
+Outputs are channels-first clips, (3,T,H,W), as the model wants them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with torch's CPU generator seeded, restoring the caller's state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def to_video(frames) -> tv_tensors.Video:
+    """uint8 (T,H,W,3) numpy/tensor -> tv_tensors.Video (T,3,H,W)."""
+    frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T,H,W,3), got {tuple(frames.shape)} {frames.dtype}")
+    return tv_tensors.Video(frames.permute(0, 3, 1, 2))
+
+
+def normalize(video: torch.Tensor) -> torch.Tensor:
+    """uint8 (T,3,H,W) -> float (3,T,H,W) with ImageNet mean/std (the model view)."""
+    x = video.float().div_(255)
+    x = v2.functional.normalize(x, MEAN, STD)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def tokenizer_view(video: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (T,3,H,W) crop -> float (3,T,size,size) in [0,1], Lanczos-resized as DALL-E expects."""
+    frames = [
+        np.asarray(Image.fromarray(frame.permute(1, 2, 0).numpy()).resize((size, size), Image.LANCZOS))
+        for frame in video
+    ]
+    x = torch.from_numpy(np.stack(frames)).float().div_(255)  # (T,size,size,3)
+    return x.permute(3, 0, 1, 2).contiguous()
+
+
+def _default_short_side(size: int) -> tuple[int, int]:
+    """The paper's 256-320 range for a 224 crop, scaled to other crop sizes."""
+    return round(size * 256 / 224), round(size * 320 / 224)
+
+
+class PretrainTransform:
+    """Pretraining views: short side to a random length in `short_side`, random crop `size`,
+    horizontal flip, optional colour jitter (images: 0.4/0.4/0.4); returns the normalised model
+    view and the half-size tokenizer view, cut from the very same crop.
+
+    Call with uint8 (T,H,W,3); returns {"view": (3,T,size,size), "tok": (3,T,tok,tok)}.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        short_side: tuple[int, int] | None = None,
+        flip: float = 0.5,
+        color_jitter: float = 0.0,
+        tokenizer_size: int | None = None,
+    ):
+        low, high = short_side or _default_short_side(size)
+        if low < size or high < low:
+            raise ValueError(f"short_side range ({low}, {high}) must satisfy size {size} <= low <= high")
+        steps = [
+            v2.RandomShortestSize(list(range(low, high + 1)), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomCrop(size),
+            v2.RandomHorizontalFlip(flip),
+        ]
+        if color_jitter > 0:
+            steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+        self.geometry = v2.Compose(steps)
+        self.tokenizer_size = tokenizer_size or size // 2
+
+    def __call__(self, frames) -> dict[str, torch.Tensor]:
+        crop = self.geometry(to_video(frames))
+        return {"view": normalize(crop), "tok": tokenizer_view(crop, self.tokenizer_size)}
+
+
+class FinetuneTransform:
+    """Finetuning: RandomResizedCrop, flip, RandAugment (same ops on every frame), normalise,
+    random erasing (same box on every frame). SSv2 recipe: flip=0, randaugment=(4, 7),
+    erasing=0.25; K400: flip=0.5 and neither of the others.
+
+    `randaugment=(n, m)` uses timm's scale (m out of 10). Returns float (3,T,size,size).
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        flip: float = 0.5,
+        randaugment: tuple[int, int] | None = None,
+        erasing: float = 0.0,
+    ):
+        steps = [v2.RandomResizedCrop(size, scale=scale, antialias=True)]
+        if flip > 0:
+            steps.append(v2.RandomHorizontalFlip(flip))
+        if randaugment is not None:
+            num_ops, magnitude = randaugment
+            steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11))
+        self.uint8_steps = v2.Compose(steps)
+        self.erasing = v2.RandomErasing(p=erasing, value=0.0) if erasing > 0 else None
+
+    def __call__(self, frames) -> torch.Tensor:
+        clip = self.uint8_steps(to_video(frames))
+        x = normalize(clip)  # (3,T,H,W)
+        if self.erasing is not None:
+            # v2 erases the last two dims of any leading shape: one box for all channels and frames.
+            x = self.erasing(tv_tensors.Video(x))
+        return x.as_subclass(torch.Tensor)
+
+
+class EvalTransform:
+    """Evaluation: short side resized to `size`, then `num_crops` (1 or 3) crops of `size`
+    along the long side (left/centre/right or top/middle/bottom). Returns (V,3,T,size,size)."""
+
+    def __init__(self, size: int = 224, num_crops: int = 3):
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        self.size = size
+        self.num_crops = num_crops
+
+    def __call__(self, frames) -> torch.Tensor:
+        clip = v2.functional.resize(to_video(frames), self.size, antialias=True)
+        height, width = clip.shape[-2:]
+        long_side = max(height, width)
+        offsets = [(long_side - self.size) // 2] if self.num_crops == 1 else [0, (long_side - self.size) // 2, long_side - self.size]
+        crops = []
+        for offset in offsets:
+            top, left = (offset, (width - self.size) // 2) if height > width else ((height - self.size) // 2, offset)
+            crops.append(normalize(v2.functional.crop(clip, top, left, self.size, self.size)))
+        return torch.stack(crops)
+
+
+class VideoMixup:
+    """timm's Mixup/CutMix (with label smoothing) for clips (B,3,T,H,W).
+
+    timm cuts boxes on the last two dims of a 4D batch, so clips are viewed as (B,3T,H,W): the
+    same box on every frame. timm draws from numpy's global generator: seed it per step for
+    bit-exact resumes. The batch size must be even.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, label_smoothing: float = 0.1):
+        from timm.data import Mixup
+
+        self.mixup = Mixup(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def __call__(self, video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> mixed clips (B,3,T,H,W) and soft targets (B,num_classes)."""
+        batch, channels, frames, height, width = video.shape
+        mixed, target = self.mixup(video.reshape(batch, channels * frames, height, width), label)
+        return mixed.reshape(batch, channels, frames, height, width), target

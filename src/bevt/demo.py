@@ -1,0 +1,338 @@
+"""`bevt demo`: the paper's Tables 1 and 2 in miniature, on the built-in synthetic benchmark.
+
+One process runs every phase by calling the library, as a user would chain the verbs:
+1. the benchmark (`bevt synth`) and a VQ tokenizer trained on its images (the pretraining targets);
+2. pretraining: BEVT-I (image stream), BEVT (joint, initialised from BEVT-I), BEVT-V (video stream
+   from scratch), all with the `demo_pretrain` recipe;
+3. finetuning of those three and of a randomly initialised baseline on the spatial and the temporal
+   task (`demo_finetune`), each evaluated normal, single-frame and shuffled;
+4. measurements of the pretraining targets (for the discussion), figures, DIR/report.md and
+   DIR/results.json (demo_report.py writes the report).
+
+Every phase records its outputs in DIR/results.json; a rerun with the same settings reuses the
+phases already finished there, so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bevt import demo_report
+from bevt.demo_report import METHODS, TASKS
+
+# Pretraining runs: name -> (streams, the run it is initialised from).
+PRETRAIN_RUNS = {"BEVT-I": ("image", None), "BEVT": ("joint", "BEVT-I"), "BEVT-V": ("video", None)}
+# Finetuning: method -> the pretraining run its encoder starts from (None: random init).
+FINETUNE_INIT = {"No pretraining": None, "BEVT-I": "BEVT-I", "BEVT-V": "BEVT-V", "BEVT": "BEVT"}
+PRETRAIN_RECIPE, FINETUNE_RECIPE = "demo_pretrain", "demo_finetune"
+TARGET_STATS_CLIPS = 48  # temporal validation clips tokenized to measure the video targets
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """What sets a demo's size and so its time on a 2-core CPU (lengths in epochs of the run's
+    main stream: images for BEVT-I, videos otherwise)."""
+
+    size: int  # frame side of the benchmark and the model input; the tokenizer sees half
+    frames: int  # frames per video, and per clip
+    images_per_class: int  # 8 appearance classes
+    videos_per_class: int  # training videos per class and task (8 spatial, 6 temporal classes)
+    val_videos_per_class: int
+    tokenizer_steps: int
+    codebook_size: int
+    pretrain_epochs: dict[str, float] = field(hash=False)
+    finetune_epochs: float = 1.0
+
+
+QUICK = DemoScale(
+    size=64, frames=8, images_per_class=24, videos_per_class=6, val_videos_per_class=4,
+    tokenizer_steps=150, codebook_size=128,
+    pretrain_epochs={"BEVT-I": 2, "BEVT": 1, "BEVT-V": 1}, finetune_epochs=2,
+)
+FULL = DemoScale(
+    size=64, frames=8, images_per_class=150, videos_per_class=24, val_videos_per_class=16,
+    tokenizer_steps=600, codebook_size=256,
+    pretrain_epochs={"BEVT-I": 8, "BEVT": 6, "BEVT-V": 6}, finetune_epochs=8,
+)
+
+
+def run_demo(args) -> int:
+    """CLI entry: `bevt demo [--quick] [--out DIR] [--seed N]`."""
+    scale = QUICK if args.quick else FULL
+    results = run_all(Path(args.out), scale, args.seed, quick=args.quick)
+    print("\nTable 1: pretraining methods (top-1 %)\n")
+    print(demo_report.table1_markdown(results))
+    print("\nTable 2: temporal dependency (BEVT, top-1 %)\n")
+    print(demo_report.table2_markdown(results))
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
+    """Every phase of the demo in `out`; returns the results dict the report is written from."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"scale": dataclasses.asdict(scale), "seed": seed}
+    phases = PhaseRunner(out, settings, total=2 + len(PRETRAIN_RUNS) + len(METHODS) * len(TASKS) + 2)
+
+    bench = phases.run("benchmark", "benchmark", lambda d: make_benchmark(d, scale, seed))
+    tokenizer = phases.run("tokenizer", "tokenizer", lambda d: train_tokenizer(d, bench, scale, seed))
+    pretrained = {}
+    for name, (streams, init) in PRETRAIN_RUNS.items():
+        init_from = pretrained[init]["checkpoint"] if init else None
+        pretrained[name] = phases.run(
+            f"pretrain {name} ({streams} stream{'s' if streams == 'joint' else ''})", f"pretrain/{name}",
+            lambda d, streams=streams, init_from=init_from, name=name: pretrain(
+                d, streams, init_from, bench, tokenizer, scale.pretrain_epochs[name], seed),
+        )
+    finetuned = {}
+    for method, init in FINETUNE_INIT.items():
+        for task in TASKS:
+            init_from = pretrained[init]["checkpoint"] if init else None
+            finetuned[(method, task)] = phases.run(
+                f"finetune + evaluate {method} on the {task} task", f"finetune/{method}/{task}",
+                lambda d, task=task, init_from=init_from: finetune(d, task, init_from, bench, scale, seed),
+            )
+    targets = phases.run("measure the video targets", "targets",
+                         lambda d: measure_targets(bench, tokenizer, scale, seed))
+    results = collect_results(scale, seed, quick, bench, tokenizer, pretrained, finetuned, targets, phases)
+    phases.run("figures and report", "figures", lambda d: write_figures_and_report(out, d, results, pretrained, bench))
+    results["phases"] = phases.timings
+    results["figures"] = phases.outputs["figures and report"]["figures"]
+    demo_report.write_report(results, out)
+    (out / "results.json").write_text(json.dumps({**phases.state(), "results": results}, indent=1) + "\n")
+    return results
+
+
+class PhaseRunner:
+    """Runs the demo's phases in order with a one-line progress display, times them, and keeps
+    their outputs in DIR/results.json so a rerun with the same settings skips finished ones."""
+
+    def __init__(self, out: Path, settings: dict, total: int):
+        self.out = out
+        self.settings = settings
+        self.total = total
+        self.path = out / "results.json"
+        previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        same = previous.get("settings") == settings
+        self.previous_outputs = previous.get("outputs", {}) if same else {}
+        self.previous_timings = {p["name"]: p for p in previous.get("phases", [])} if same else {}
+        self.outputs: dict[str, dict] = {}
+        self.timings: list[dict] = []
+
+    def run(self, name: str, folder: str, work) -> dict:
+        """`work(DIR/folder) -> dict` unless an earlier run with these settings finished it."""
+        number = f"[{len(self.timings) + 1:2d}/{self.total}]"
+        if name in self.previous_outputs:
+            output, wall = self.previous_outputs[name], self.previous_timings[name]["wall_s"]
+            print(f"{number} {name}: done by an earlier run in {self.out}, reused", flush=True)
+        else:
+            directory = self.out / folder
+            shutil.rmtree(directory, ignore_errors=True)  # a phase cut short leaves partial files
+            directory.mkdir(parents=True)
+            print(f"{number} {name} ...", flush=True)
+            started = time.perf_counter()
+            output = work(directory)
+            wall = time.perf_counter() - started
+            print(f"{number} {name}: {demo_report.minutes(wall)}", flush=True)
+        self.outputs[name] = output
+        self.timings.append({"name": name, "wall_s": round(wall, 1)})
+        self.path.write_text(json.dumps(self.state(), indent=1) + "\n")
+        return output
+
+    def state(self) -> dict:
+        return {"settings": self.settings, "phases": self.timings, "outputs": self.outputs}
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases. Each returns a JSON-serialisable dict (paths as strings).
+# ----------------------------------------------------------------------------------------------
+
+
+def make_benchmark(directory: Path, scale: DemoScale, seed: int) -> dict:
+    """The synthetic benchmark, plus one unlabelled list of both tasks' training videos: the
+    video pretraining set (like K400 for the paper, used without its labels)."""
+    from bevt.data.synthetic import make_synthetic_benchmark
+
+    paths = make_synthetic_benchmark(
+        str(directory / "data"), seed=seed, size=scale.size, frames=scale.frames,
+        images_per_class=scale.images_per_class, val_images_per_class=2, videos_per_class=scale.videos_per_class,
+        val_videos_per_class=scale.val_videos_per_class, workers=os.cpu_count() or 1,
+    )
+    videos = directory / "pretrain_videos.txt"
+    with videos.open("w") as merged:
+        for task in TASKS:
+            folder = Path(paths[f"{task}_train"]).parent.resolve()
+            for line in Path(paths[f"{task}_train"]).read_text().splitlines():
+                merged.write(f"{folder / line.rsplit(maxsplit=1)[0]} 0\n")
+    manifest = json.loads(Path(paths["manifest"]).read_text())
+    return {"paths": paths, "pretrain_videos": str(videos), "counts": manifest["counts"]}
+
+
+def train_tokenizer(directory: Path, bench: dict, scale: DemoScale, seed: int) -> dict:
+    from bevt.tokenizers.vq import train_vq_tokenizer
+
+    metrics = train_vq_tokenizer(
+        bench["paths"]["images_train"], directory, size=scale.size // 2, width=32,
+        codebook_size=scale.codebook_size, steps=scale.tokenizer_steps, batch_size=32, seed=seed,
+        checkpoint_every=scale.tokenizer_steps,
+    )
+    return {"path": str(directory), "codebook_size": scale.codebook_size, **metrics}
+
+
+def _set(key: str, value) -> str:
+    """A `key=value` override; JSON is valid YAML, so paths with any characters survive."""
+    return f"{key}={json.dumps(value)}"
+
+
+def pretrain(directory: Path, streams: str, init_from: str | None, bench: dict, tokenizer: dict,
+             epochs: float, seed: int) -> dict:
+    from bevt.config import load_config
+    from bevt.train.main import train
+
+    overrides = [
+        _set("pretrain.streams", streams), _set("tokenizer.path", tokenizer["path"]),
+        _set("data.images", bench["paths"]["images_train"]), _set("data.train", bench["pretrain_videos"]),
+        _set("optim.epochs", epochs), _set("run.out", str(directory)), _set("run.seed", seed),
+        _set("run.init_from", init_from),
+    ]
+    checkpoint = train(load_config(PRETRAIN_RECIPE, overrides))
+    metrics = directory / "metrics.jsonl"
+    return {"checkpoint": str(checkpoint), "metrics": str(metrics),
+            "steps": demo_report.read_metrics(metrics)[-1]["step"], "streams": streams}
+
+
+def finetune_config(directory: Path, task: str, init_from: str | None, bench: dict, epochs: float, seed: int):
+    from bevt.config import load_config
+
+    paths = bench["paths"]
+    num_classes = len(Path(paths[f"{task}_classes"]).read_text().split())
+    return load_config(FINETUNE_RECIPE, [
+        _set("data.train", paths[f"{task}_train"]), _set("data.val", paths[f"{task}_val"]),
+        _set("data.flip", task == "spatial"), _set("finetune.num_classes", num_classes),
+        _set("optim.epochs", epochs), _set("run.out", str(directory)), _set("run.seed", seed),
+        _set("run.init_from", init_from),
+    ])
+
+
+def finetune(directory: Path, task: str, init_from: str | None, bench: dict, scale: DemoScale, seed: int) -> dict:
+    """Finetune on `task`, then evaluate normal, single-frame and shuffled on its validation set."""
+    from bevt.eval.classify import evaluate
+    from bevt.train.main import train
+
+    cfg = finetune_config(directory, task, init_from, bench, scale.finetune_epochs, seed)
+    checkpoint = train(cfg)
+    evaluation = evaluate(cfg, checkpoint, temporal_test=True, out_dir=directory / "eval")
+    rows = demo_report.read_metrics(directory / "metrics.jsonl")
+    return {
+        "checkpoint": str(checkpoint),
+        "steps": rows[-1]["step"],
+        "train_acc": 100 * rows[-1]["acc"],  # the last logging window
+        "videos": evaluation["videos"],
+        "top1": {mode: r["top1"] for mode, r in evaluation["results"].items()},
+    }
+
+
+def measure_targets(bench: dict, tokenizer_info: dict, scale: DemoScale, seed: int) -> dict:
+    """How much motion the video targets carry, on temporal-task validation clips: the share of
+    the most frequent token, the share of tokens that change between consecutive frames, and the
+    accuracy of copying each masked token from the nearest unmasked frame (tube masks drawn as in
+    pretraining)."""
+    from bevt.config import load_config
+    from bevt.data.datasets import load_annotations
+    from bevt.data.decode import read_clip
+    from bevt.data.transforms import to_video, tokenizer_view
+    from bevt.masking import build_mask_generator, mask_to_token_grid
+    from bevt.tokenizers import load_tokenizer
+
+    masking = load_config(PRETRAIN_RECIPE, [_set("tokenizer.path", "-"), _set("data.train", "-")]).masking
+    tokenizer = load_tokenizer(tokenizer_info["path"])
+    grid = (scale.frames // 2, scale.size // 16, scale.size // 16)
+    masks = build_mask_generator(masking.video, grid, ratio=masking.ratio, min_cells=masking.min_cells,
+                                 tube_length=masking.tube_length, wrap=masking.wrap)
+    generator = torch.Generator().manual_seed(seed)
+    samples = load_annotations(bench["paths"]["temporal_val"]).samples[:TARGET_STATS_CLIPS]
+    counts = torch.zeros(tokenizer.vocab_size)
+    changed = pairs = copied = masked = 0
+    with torch.no_grad():
+        for sample in samples:
+            frames, _ = read_clip(sample.path, lambda n: range(min(n, scale.frames)))
+            pixels = tokenizer_view(to_video(frames), scale.size // 2)  # (3,T,h,w)
+            tokens = tokenizer.encode(pixels.transpose(0, 1))  # (T,h/8,w/8)
+            counts += torch.bincount(tokens.flatten(), minlength=tokenizer.vocab_size)
+            changed += (tokens[1:] != tokens[:-1]).sum().item()
+            pairs += tokens[1:].numel()
+            mask = mask_to_token_grid(masks(generator))  # (T,h/8,w/8)
+            guess = copy_from_nearest_visible(tokens, mask)
+            copied += (guess[mask] == tokens[mask]).sum().item()
+            masked += mask.sum().item()
+    return {
+        "clips": len(samples),
+        "codebook_size": tokenizer.vocab_size,
+        "codes_used": int((counts > 0).sum()),
+        "top_token_share": (counts.max() / counts.sum()).item(),
+        "change_rate": changed / pairs,
+        "copy_accuracy": copied / max(masked, 1),
+    }
+
+
+def copy_from_nearest_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(T,h,w) tokens and mask -> each cell's token in the nearest frame where that cell is
+    unmasked (-1 where it is masked in every frame): the guess of a model that copies, not one
+    that understands motion."""
+    frames = tokens.shape[0]
+    guess = torch.full_like(tokens, -1)
+    for t in range(frames):
+        for s in sorted(range(frames), key=lambda s: abs(s - t), reverse=True):  # nearest written last
+            guess[t] = torch.where(mask[s], guess[t], tokens[s])
+    return guess
+
+
+def write_figures_and_report(out: Path, directory: Path, results: dict, pretrained: dict, bench: dict) -> dict:
+    """Pretraining loss curves and the mask + token-reconstruction pictures, next to report.md."""
+    demo_report.plot_pretraining_curves({name: run["metrics"] for name, run in pretrained.items()},
+                                        out / demo_report.LOSS_CURVES_PNG)
+    return {"figures": {}}
+
+
+def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, tokenizer: dict, pretrained: dict,
+                    finetuned: dict, targets: dict, phases: PhaseRunner) -> dict:
+    """The numbers the report and results.json show, gathered from the phases' outputs."""
+    from bevt.config import load_config
+    from bevt.models import create_model
+
+    model_cfg = load_config(PRETRAIN_RECIPE, [_set("tokenizer.path", "-"), _set("data.train", "-")]).model
+    encoder = create_model(model_cfg.name)
+    counts = bench["counts"]
+    tasks = {}
+    for task in TASKS:
+        classes = len(Path(bench["paths"][f"{task}_classes"]).read_text().split())
+        tasks[task] = {"classes": classes, "chance": 100 / classes, "train": counts[f"{task}_train"],
+                       "val": counts[f"{task}_val"]}
+    return {
+        "seed": seed,
+        "quick": quick,
+        "model": {"flavor": model_cfg.name, "overrides": {}, "params": sum(p.numel() for p in encoder.parameters())},
+        "data": {"size": scale.size, "frames": scale.frames, "images": counts["images_train"],
+                 "image_classes": len(Path(bench["paths"]["images_classes"]).read_text().split()),
+                 "pretrain_videos": counts["spatial_train"] + counts["temporal_train"], "tasks": tasks},
+        "tokenizer": tokenizer,
+        "steps": {"tokenizer": scale.tokenizer_steps,
+                  "pretrain": {name: run["steps"] for name, run in pretrained.items()},
+                  "finetune": max(run["steps"] for run in finetuned.values())},
+        "pretrain": {name: {stream + "_trend": demo_report.loss_trend(run["metrics"], stream)
+                            for stream in ("image", "video") if stream in run["streams"] or run["streams"] == "joint"}
+                     for name, run in pretrained.items()},
+        "finetune": {method: {task: finetuned[(method, task)]["top1"] for task in TASKS} for method in METHODS},
+        "finetune_train_acc": {method: {task: finetuned[(method, task)]["train_acc"] for task in TASKS}
+                               for method in METHODS},
+        "tokens": targets,
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},
+    }

@@ -1,0 +1,120 @@
+"""BEVTPretrainer: masked image + masked video modeling on one shared encoder -> a dict of losses.
+
+Owns the encoder, the image and video decoders, the shared final LayerNorm (`encoder.norm`,
+which becomes the finetuning norm) and one token classifier shared by both streams. It computes
+its own targets with a frozen tokenizer, so the training loop only feeds batches (DESIGN.md):
+
+    image_batch = {"image": (B,3,H,W), "image_tok": (B,3,H/2,W/2) in [0,1], "mask": (B,H/16,W/16)}
+    video_batch = {"video": (B,3,T,H,W), "video_tok": (B,3,T,H/2,W/2) in [0,1], "mask": (B,T/2,H/16,W/16)}
+
+Loss (paper Eq. 3-5): cross-entropy over masked cells only, averaged per stream,
+L = L_MIM + video_loss_weight * L_MVM. The video mask lives on the T/2 patch steps and is repeated
+x2 in time for the per-frame token labels.
+
+The tokenizer is held outside the module tree (not a registered submodule): it is absent from
+`state_dict()`, `parameters()` and DDP, so checkpoints hold only trainable weights and the
+tokenizer is re-read from its own directory; `forward` moves it to the batch's device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bevt.masking import mask_to_patch_grid, mask_to_token_grid
+from bevt.models.decoders import ImageDecoder, VideoDecoder
+from bevt.tokenizers.base import Tokenizer
+
+STREAMS = ("joint", "image", "video")
+
+
+class BEVTPretrainer(nn.Module):
+    """Encoder + decoders + shared norm and token head; `streams` picks BEVT, BEVT-I or BEVT-V."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: Tokenizer, streams: str = "joint", video_loss_weight: float = 1.0):
+        super().__init__()
+        if streams not in STREAMS:
+            raise ValueError(f"streams={streams!r} must be one of {', '.join(STREAMS)}")
+        self.streams = streams
+        self.video_loss_weight = video_loss_weight
+        self.encoder = encoder
+        num_features = encoder.num_features  # 8C
+        self.image_decoder = ImageDecoder(num_features) if streams in ("joint", "image") else None
+        self.video_decoder = VideoDecoder(num_features) if streams in ("joint", "video") else None
+        self.token_head = nn.Linear(num_features, tokenizer.vocab_size)
+        object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # unregistered, see module doc
+
+    def forward(self, image_batch: dict | None = None, video_batch: dict | None = None) -> dict:
+        """-> {"loss", "loss_image", "acc_image", "loss_video", "acc_video", "tokenizer_seconds"}
+        for the streams that ran; `loss` is the one to backpropagate, accuracies are detached."""
+        batches = {"image": image_batch, "video": video_batch}
+        if all(batch is None for batch in batches.values()):
+            raise ValueError("forward needs an image_batch, a video_batch or both")
+        out = {"tokenizer_seconds": 0.0}
+        loss = 0.0
+        for stream, batch in batches.items():
+            if batch is None:
+                continue
+            if self._decoder(stream) is None:
+                raise ValueError(f"a {stream} batch was given to a pretrainer built with streams={self.streams!r}")
+            started = self._clock(batch[stream].device)
+            targets = self.target_tokens(batch[f"{stream}_tok"])  # (B,[T],h,w)
+            out["tokenizer_seconds"] += self._clock(batch[stream].device) - started
+            cell_mask = batch["mask"]
+            loss_mask = mask_to_token_grid(cell_mask) if stream == "video" else cell_mask  # (B,[T],h,w)
+            if loss_mask.shape != targets.shape:
+                raise ValueError(
+                    f"{stream} mask {tuple(cell_mask.shape)} does not match the token grid {tuple(targets.shape)} "
+                    f"of the tokenizer view {tuple(batch[f'{stream}_tok'].shape)}"
+                )
+            features = self.decode_features(batch[stream], cell_mask)  # (B,[T],h,w,8C)
+            # Only masked cells reach the classifier: the loss ignores the rest, and the 8C x vocab
+            # head is a large share of the compute.
+            logits = self.token_logits(features[loss_mask])  # (M, vocab)
+            masked_targets = targets[loss_mask]  # (M,)
+            stream_loss = F.cross_entropy(logits, masked_targets, reduction="sum") / max(len(masked_targets), 1)
+            out[f"loss_{stream}"] = stream_loss
+            hits = (logits.detach().argmax(-1) == masked_targets).sum()
+            out[f"acc_{stream}"] = hits.float() / max(len(masked_targets), 1)
+            loss = loss + (self.video_loss_weight if stream == "video" else 1.0) * stream_loss
+        out["loss"] = loss
+        return out
+
+    def decode_features(self, pixels: torch.Tensor, cell_mask: torch.Tensor) -> torch.Tensor:
+        """Image (B,3,H,W) + mask (B,H/16,W/16) -> (B,H/16,W/16,8C); video (B,3,T,H,W) + mask
+        (B,T/2,H/16,W/16) -> (B,T,H/16,W/16,8C). Decoder output, before the shared norm."""
+        stream = "video" if pixels.dim() == 5 else "image"
+        stages = self.encoder.forward_features(pixels, mask=mask_to_patch_grid(cell_mask))
+        return self._decoder(stream)(stages["stage3"], stages["stage4"])
+
+    def token_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., 8C) -> (..., vocab): shared final norm, then the shared classifier."""
+        return self.token_head(self.encoder.norm(features))
+
+    @torch.no_grad()
+    def predict_tokens(self, pixels: torch.Tensor, cell_mask: torch.Tensor) -> torch.Tensor:
+        """Most likely token at every cell: (B,H/16,W/16) for images, (B,T,H/16,W/16) for videos."""
+        return self.token_logits(self.decode_features(pixels, cell_mask)).argmax(-1)
+
+    def target_tokens(self, tokenizer_view: torch.Tensor) -> torch.Tensor:
+        """Tokenizer view (B,3,H/2,W/2) -> (B,H/16,W/16), or (B,3,T,H/2,W/2) -> (B,T,H/16,W/16): every frame."""
+        parameter = next(self.tokenizer.parameters())
+        if parameter.device != tokenizer_view.device:
+            self.tokenizer.to(tokenizer_view.device)
+        if tokenizer_view.dim() == 4:
+            return self.tokenizer.encode(tokenizer_view)
+        batch, _, frames = tokenizer_view.shape[:3]
+        ids = self.tokenizer.encode(tokenizer_view.transpose(1, 2).flatten(0, 1))  # (B*T,h,w)
+        return ids.unflatten(0, (batch, frames))
+
+    def _decoder(self, stream: str) -> nn.Module | None:
+        return self.image_decoder if stream == "image" else self.video_decoder
+
+    @staticmethod
+    def _clock(device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()

@@ -1,0 +1,105 @@
+"""What a run shows and records: a progress bar, metrics.jsonl, TensorBoard, and step timings.
+
+Only rank 0 creates any of them. On resume, metrics.jsonl and TensorBoard drop what was logged
+after the checkpoint's step, so the records read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+BAR_KEYS = ("loss", "acc_image", "acc_video", "acc", "lr", "clips_per_s", "images_per_s")
+
+
+class StepTimer:
+    """Wall time per phase of a step (data wait, tokenizer, forward/backward, optimizer).
+
+    On CUDA each phase ends with a synchronize, so the split is real rather than launch time.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize()
+        self.totals[name] += time.perf_counter() - start
+
+    def add(self, name: str, seconds: float) -> None:
+        """Time measured elsewhere (the pretrainer's tokenizer time, inside forward)."""
+        self.totals[name] += seconds
+
+    def pop(self) -> dict[str, float]:
+        """Seconds per phase since the last pop, as `time_<phase>` metrics."""
+        out = {f"time_{name}": seconds for name, seconds in self.totals.items()}
+        self.totals.clear()
+        return out
+
+
+def _bar_text(value: float) -> str:
+    return f"{value:.2e}" if abs(value) < 1e-2 and value != 0 else f"{value:.3g}"
+
+
+class RunLogger:
+    """Progress bar + metrics.jsonl + TensorBoard for rank 0; a silent stand-in elsewhere."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int, desc: str):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(run_dir) / METRICS_FILE
+        _truncate_after(self.path, start_step)
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.update(1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.bar.set_postfix({k: _bar_text(metrics[k]) for k in BAR_KEYS if k in metrics}, refresh=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.writer.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the metric lines up to `step` (all of them on a fresh run: none exist)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # the last line of a killed run can be cut short
+            continue
+    path.write_text("".join(kept))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The metric lines of a run, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

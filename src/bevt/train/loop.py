@@ -1,0 +1,113 @@
+"""The one training loop of bevt: stage 1, stage 2, BEVT-V and finetuning all run through it.
+
+A task object says which batches to draw and how to turn one into a loss dict (tasks.py); the
+loop owns everything else: precision, gradient accumulation, clipping, the optimizer step, the
+lr schedule, EMA, logging and checkpoints. `train_step` is the only place that calls backward().
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bevt.config import Config
+from bevt.train.distributed import DistEnv, gradient_sync, mean_over_ranks, unwrap
+from bevt.train.logging import RunLogger, StepTimer
+from bevt.train.optim import set_lr
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Schedule:
+    """Optimizer steps of the run, derived from epochs of the task's main stream."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @classmethod
+    def from_epochs(cls, batches_per_epoch: int, accum_steps: int, epochs: float, warmup_epochs: float) -> "Schedule":
+        steps_per_epoch = max(1, batches_per_epoch // accum_steps)
+        return cls(steps_per_epoch, max(1, round(epochs * steps_per_epoch)), round(warmup_epochs * steps_per_epoch))
+
+
+def autocast(precision: str, device: torch.device):
+    """Mixed precision context (bf16 on CPU or GPU, fp16 on GPU); fp32 runs without one."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device: torch.device,
+               accum_steps: int, clip_grad: float | None, timer: StepTimer) -> dict[str, torch.Tensor]:
+    """One optimizer step over `accum_steps` micro-batches -> metrics: losses and accuracies
+    averaged over the micro-batches, clip / image counts summed. Gradients are synchronised
+    across ranks on the last micro-batch only."""
+    metrics: dict[str, torch.Tensor] = {}
+    for micro in range(accum_steps):
+        with timer.phase("data"):
+            batch = task.next_batch()
+        with gradient_sync(model, enabled=micro == accum_steps - 1), timer.phase("forward_backward"):
+            with autocast(precision, device):
+                out = task.forward(model, batch)
+            scaler.scale(out["loss"] / accum_steps).backward()
+        tokenizer_seconds = out.pop("tokenizer_seconds", 0.0)  # spent inside forward: report it apart
+        timer.add("tokenizer", tokenizer_seconds)
+        timer.add("forward_backward", -tokenizer_seconds)
+        for name, value in out.items():
+            metrics[name] = metrics.get(name, 0) + value.detach().float() / accum_steps
+        for name, count in task.count(batch).items():
+            metrics[name] = metrics.get(name, 0) + count
+    with timer.phase("optimizer"):
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad).detach().float()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return metrics
+
+
+def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule: Schedule, state: dict,
+          env: DistEnv, logger: RunLogger, save_checkpoint) -> None:
+    """Run optimizer steps from `state["step"]` to `schedule.total_steps`.
+
+    `save_checkpoint()` is called every `run.checkpoint_every` steps and after the last one;
+    metrics are averaged over ranks and logged every `run.log_every` steps.
+    """
+    model.train()
+    timer = StepTimer(env.device)
+    window: dict[str, torch.Tensor] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    while state["step"] < schedule.total_steps:
+        lr = set_lr(optimizer, state["step"], cfg.optim, schedule.warmup_steps, schedule.total_steps)
+        metrics = train_step(model, task, optimizer, scaler, cfg.run.precision, env.device,
+                             cfg.optim.accum_steps, cfg.optim.clip_grad, timer)
+        if ema is not None:
+            ema.update(unwrap(model), step=state["step"])
+        state["step"] += 1
+        logger.advance()
+        for name, value in metrics.items():
+            window[name] = window.get(name, 0) + value
+        window_steps += 1
+
+        step = state["step"]
+        logged = step % cfg.run.log_every == 0 or step == schedule.total_steps
+        if logged:
+            seconds = time.perf_counter() - window_start
+            values = {name: float(total) / window_steps for name, total in window.items()}
+            values.update({name: s / window_steps for name, s in timer.pop().items()})
+            values = mean_over_ranks(values, env.device)
+            for unit in ("clips", "images"):
+                if unit in values:  # per-rank items per step -> global items per second
+                    values[f"{unit}_per_s"] = values.pop(unit) * env.world_size * window_steps / seconds
+            logger.log(step, {**values, "lr": lr, "epoch": step / schedule.steps_per_epoch})
+        if step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps:
+            save_checkpoint()
+        if logged:  # the next window starts after the checkpoint, which is no training time
+            window, window_steps, window_start = {}, 0, time.perf_counter()

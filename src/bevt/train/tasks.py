@@ -1,0 +1,234 @@
+"""What differs between the stages: which batches to draw, which model call, which metrics.
+
+- `PretrainTask`: masked image / video modeling with the streams of `pretrain.streams`
+  (image = stage 1 / BEVT-I, joint = stage 2 / BEVT, video = BEVT-V). The joint stream draws one
+  image batch and one video batch per micro-step; the image loader cycles through its epochs
+  independently of the video loader, whose epochs define the run's length.
+- `FinetuneTask`: video classification with label smoothing and optional mixup / cutmix.
+
+Both expose `next_batch()`, `forward(model, batch) -> {"loss", ...}`, `count(batch)`, the main
+stream's `batches_per_epoch`, `init_weights(model, checkpoint)` and the loader positions for
+checkpoints. The loop (loop.py) does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bevt.config import Config
+from bevt.convert import inflate_image_checkpoint, resize_bias_tables
+from bevt.errors import CheckpointError
+from bevt.models import create_model
+
+log = logging.getLogger(__name__)
+
+
+def encoder_kwargs(cfg: Config) -> dict:
+    kwargs = {"drop_path_rate": cfg.model.drop_path_rate, "use_checkpoint": cfg.model.use_checkpoint}
+    if cfg.model.window_size is not None:
+        kwargs["window_size"] = cfg.model.window_size
+    return kwargs
+
+
+def build_model(cfg: Config, tokenizer=None) -> nn.Module:
+    """The trained module of a config: the classifier (finetune) or the pretrainer with its frozen
+    tokenizer (read from `tokenizer.path` unless one is passed)."""
+    if cfg.task == "finetune":
+        return create_model(cfg.model.name, num_classes=cfg.finetune.num_classes, head_dropout=cfg.model.head_dropout,
+                            **encoder_kwargs(cfg))
+    from bevt.models.pretrainer import BEVTPretrainer
+    from bevt.tokenizers import load_tokenizer
+
+    return BEVTPretrainer(
+        create_model(cfg.model.name, **encoder_kwargs(cfg)),
+        tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer.path),
+        streams=cfg.pretrain.streams,
+        video_loss_weight=cfg.pretrain.video_loss_weight,
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def window_of(encoder: nn.Module) -> tuple[int, int, int]:
+    return encoder.layers[0].window_size
+
+
+class BatchStream:
+    """Endless batches from a `ResumableLoader`, epoch after epoch, tallying skipped samples.
+
+    Its state (epoch, position) is what the loader reports: batches handed out, not prefetched.
+    """
+
+    def __init__(self, loader, skip_counter, skip_dir: Path | None, rank: int):
+        self.loader = loader
+        self.skip_counter = skip_counter
+        self.skip_dir = skip_dir
+        self.rank = rank
+        self.batches_per_epoch = len(loader)
+        self._batches = None
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        batch = next(self._batches, None)
+        if batch is None:  # epoch done: account for skips, start the next one
+            epoch = self.loader.sampler.epoch
+            self.skip_counter.end_epoch(epoch, None if self.skip_dir is None else str(self.skip_dir), self.rank)
+            self.loader.set_epoch(epoch + 1)
+            self._batches = iter(self.loader)
+            batch = next(self._batches)
+        self.skip_counter.update(batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+class PretrainTask:
+    """Masked modeling: `streams` maps "image" / "video" to endless batch iterators."""
+
+    def __init__(self, cfg: Config, streams: dict, device: torch.device):
+        self.cfg = cfg
+        self.streams = streams
+        self.device = device
+        self.main_stream = "image" if cfg.pretrain.streams == "image" else "video"
+        self.class_names = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.streams[self.main_stream].batches_per_epoch
+
+    def next_batch(self) -> dict:
+        return {name: next(stream) for name, stream in self.streams.items()}
+
+    def forward(self, model: nn.Module, batch: dict) -> dict:
+        inputs = {f"{name}_batch": to_device(b, self.device) for name, b in batch.items()}
+        return model(**inputs)
+
+    def count(self, batch: dict) -> dict[str, int]:
+        counts = {}
+        if "video" in batch:
+            counts["clips"] = len(batch["video"]["video"])
+        if "image" in batch:
+            counts["images"] = len(batch["image"]["image"])
+        return counts
+
+    def init_weights(self, model: nn.Module, state: dict[str, torch.Tensor], source_cfg: Config | None) -> None:
+        """Start from a pretraining checkpoint; a stage-1 (image-stream) one is inflated 2D -> 3D
+        for the video stream (patch embedding, bias tables). Parts it lacks keep their init."""
+        source = self.cfg.run.init_from
+        stage1 = source_cfg is not None and source_cfg.task == "pretrain" and source_cfg.pretrain.streams == "image"
+        if stage1 and self.cfg.pretrain.streams != "image":
+            state = inflate_image_checkpoint(state, window_of(model.encoder))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise CheckpointError(f"{source}: keys the pretrainer does not have: {', '.join(unexpected[:5])}")
+        log.info("initialised from %s (%d tensors; new: %s)", source, len(state), ", ".join(_roots(missing)) or "none")
+
+
+class FinetuneTask:
+    """Video classification: cross-entropy with label smoothing, or soft targets under mixup."""
+
+    def __init__(self, cfg: Config, stream, class_names: list[str] | None, device: torch.device):
+        self.cfg = cfg
+        self.stream = stream
+        self.class_names = class_names
+        self.device = device
+        self.batches_per_epoch = stream.batches_per_epoch
+        self.streams = {"video": stream}
+        ft = cfg.finetune
+        self.mixup = None
+        if ft.mixup > 0 or ft.cutmix > 0:
+            from bevt.data.transforms import VideoMixup
+
+            self.mixup = VideoMixup(ft.num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
+
+    def next_batch(self) -> dict:
+        return next(self.stream)
+
+    def forward(self, model: nn.Module, batch: dict) -> dict:
+        video = batch["video"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            video, target = self.mixup(video, label)
+            logits = model(video)
+            return {"loss": torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()}
+        logits = model(video)
+        loss = F.cross_entropy(logits.float(), label, label_smoothing=self.cfg.finetune.label_smoothing)
+        return {"loss": loss, "acc": (logits.argmax(-1) == label).float().mean()}
+
+    def count(self, batch: dict) -> dict[str, int]:
+        return {"clips": len(batch["video"])}
+
+    def init_weights(self, model: nn.Module, state: dict[str, torch.Tensor], source_cfg: Config | None) -> None:
+        """Encoder weights of any bevt checkpoint (pretraining or finetuning); the pretrained final
+        LayerNorm is `encoder.norm`. Bias tables are interpolated to this run's window."""
+        encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
+        if not encoder:
+            raise CheckpointError(f"{self.cfg.run.init_from}: no encoder.* weights to finetune from")
+        encoder = resize_bias_tables(encoder, window_of(model.encoder))
+        missing, unexpected = model.load_state_dict(encoder, strict=False)
+        missing = [k for k in missing if not k.startswith("head.")]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.cfg.run.init_from} does not fit the encoder: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        log.info("initialised the encoder from %s; the head starts fresh", self.cfg.run.init_from)
+
+
+def _roots(keys: list[str]) -> list[str]:
+    """Module prefixes of parameter names, for a short log line."""
+    return sorted({".".join(k.split(".")[:2]) for k in keys})
+
+
+def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
+    """Build the task of `cfg` with its loaders (data is imported here: it needs PyAV)."""
+    from bevt.data import loader as loaders
+    from bevt.data.datasets import SkipCounter, load_annotations
+    from bevt.masking import build_mask_generator
+
+    data, seed = cfg.data, cfg.run.seed
+    common = dict(seed=seed, num_workers=data.workers, rank=rank, world_size=world_size)
+    skip_dir = Path(cfg.run.out) / "skipped"
+
+    def stream(loader):
+        return BatchStream(loader, SkipCounter(data.max_skip_fraction), skip_dir, rank)
+
+    if cfg.task == "finetune":
+        loader = loaders.build_finetune_loader(
+            data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels,
+            sampling=data.sampling, clip_len=data.frames, frame_interval=data.interval, size=data.size,
+            flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing, **common,
+        )
+        class_names = load_annotations(data.train, root=data.root, labels=data.labels).class_names
+        return FinetuneTask(cfg, stream(loader), class_names, device)
+
+    masking = cfg.masking
+    grid = (data.size // 16, data.size // 16)
+    mask_options = dict(ratio=masking.ratio, min_cells=masking.min_cells)
+    streams = {}
+    if cfg.pretrain.streams in ("image", "joint"):
+        streams["image"] = stream(loaders.build_image_pretrain_loader(
+            data.images, batch_size=data.image_batch_size, size=data.size, short_side=data.short_side,
+            color_jitter=data.color_jitter, mask_generator=build_mask_generator("blockwise", grid, **mask_options),
+            **common,
+        ))
+    if cfg.pretrain.streams in ("video", "joint"):
+        video_masks = build_mask_generator(masking.video, (data.frames // 2, *grid), tube_length=masking.tube_length,
+                                           wrap=masking.wrap, **mask_options)
+        streams["video"] = stream(loaders.build_video_pretrain_loader(
+            data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels, clip_len=data.frames,
+            frame_interval=data.interval, size=data.size, short_side=data.short_side, mask_generator=video_masks,
+            **common,
+        ))
+    return PretrainTask(cfg, streams, device)
