@@ -80,7 +80,7 @@ class DataConfig:
     train: str | None = doc(None, "training videos: list file, Kinetics CSV, SSv2 / Diving48 json, or class folders")
     val: str | None = doc(None, "evaluation videos, same formats as `train`")
     root: str | None = doc(None, "folder the video paths in `train` / `val` are relative to")
-    labels: str | None = doc(None, "Something-Something v2 labels.json (template -> id)")
+    labels: str | None = doc(None, "class names: SSv2 labels.json, or one name per line (Kinetics CSV, list files)")
     frames: int = doc(16, "frames per clip")
     interval: int = doc(8, "frame interval of interval sampling")
     sampling: Literal["interval", "segment"] = doc("interval", "clip sampling: interval, or uniform segments (SSv2)")

@@ -33,6 +33,7 @@ PRETRAIN_RUNS = {"BEVT-I": ("image", None), "BEVT": ("joint", "BEVT-I"), "BEVT-V
 # Finetuning: method -> the pretraining run its encoder starts from (None: random init).
 FINETUNE_INIT = {"No pretraining": None, "BEVT-I": "BEVT-I", "BEVT-V": "BEVT-V", "BEVT": "BEVT"}
 PRETRAIN_RECIPE, FINETUNE_RECIPE = "demo_pretrain", "demo_finetune"
+WARMUP_SHARE = 0.1  # of every pretraining and finetuning run
 TARGET_STATS_CLIPS = 48  # temporal validation clips tokenized to measure the video targets
 
 
@@ -101,13 +102,12 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
                 lambda d, task=task, init_from=init_from: finetune(d, task, init_from, bench, scale, seed),
             )
     targets = phases.run("measure the video targets", "targets",
-                         lambda d: measure_targets(bench, tokenizer, scale, seed))
-    results = collect_results(scale, seed, quick, bench, tokenizer, pretrained, finetuned, targets, phases)
-    phases.run("figures and report", "figures", lambda d: write_figures_and_report(out, d, results, pretrained, bench))
+                         lambda d: measure_targets(bench, tokenizer, pretrained["BEVT"], scale, seed))
+    results = collect_results(scale, seed, quick, bench, tokenizer, pretrained, finetuned, targets)
+    results["figures"] = phases.run("figures", None, lambda: write_figures(out, pretrained, bench, seed), reuse=False)
     results["phases"] = phases.timings
-    results["figures"] = phases.outputs["figures and report"]["figures"]
     demo_report.write_report(results, out)
-    (out / "results.json").write_text(json.dumps({**phases.state(), "results": results}, indent=1) + "\n")
+    phases.save(results=results)
     return results
 
 
@@ -127,28 +127,32 @@ class PhaseRunner:
         self.outputs: dict[str, dict] = {}
         self.timings: list[dict] = []
 
-    def run(self, name: str, folder: str, work) -> dict:
+    def run(self, name: str, folder: str | None, work, reuse: bool = True) -> dict:
         """`work(DIR/folder) -> dict` unless an earlier run with these settings finished it."""
         number = f"[{len(self.timings) + 1:2d}/{self.total}]"
-        if name in self.previous_outputs:
+        if reuse and name in self.previous_outputs:
             output, wall = self.previous_outputs[name], self.previous_timings[name]["wall_s"]
             print(f"{number} {name}: done by an earlier run in {self.out}, reused", flush=True)
         else:
-            directory = self.out / folder
-            shutil.rmtree(directory, ignore_errors=True)  # a phase cut short leaves partial files
-            directory.mkdir(parents=True)
             print(f"{number} {name} ...", flush=True)
             started = time.perf_counter()
-            output = work(directory)
+            if folder is None:
+                output = work()
+            else:
+                directory = self.out / folder
+                shutil.rmtree(directory, ignore_errors=True)  # a phase cut short leaves partial files
+                directory.mkdir(parents=True)
+                output = work(directory)
             wall = time.perf_counter() - started
             print(f"{number} {name}: {demo_report.minutes(wall)}", flush=True)
         self.outputs[name] = output
         self.timings.append({"name": name, "wall_s": round(wall, 1)})
-        self.path.write_text(json.dumps(self.state(), indent=1) + "\n")
+        self.save()
         return output
 
-    def state(self) -> dict:
-        return {"settings": self.settings, "phases": self.timings, "outputs": self.outputs}
+    def save(self, **extra) -> None:
+        state = {"settings": self.settings, "phases": self.timings, "outputs": self.outputs, **extra}
+        self.path.write_text(json.dumps(state, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,21 +196,26 @@ def _set(key: str, value) -> str:
     return f"{key}={json.dumps(value)}"
 
 
+def _length(epochs: float) -> list[str]:
+    """Run length overrides: warm-up is a fixed share of every run."""
+    return [_set("optim.epochs", epochs), _set("optim.warmup_epochs", WARMUP_SHARE * epochs)]
+
+
 def pretrain(directory: Path, streams: str, init_from: str | None, bench: dict, tokenizer: dict,
              epochs: float, seed: int) -> dict:
-    from bevt.config import load_config
+    from bevt.config import config_to_dict, load_config
     from bevt.train.main import train
 
     overrides = [
         _set("pretrain.streams", streams), _set("tokenizer.path", tokenizer["path"]),
         _set("data.images", bench["paths"]["images_train"]), _set("data.train", bench["pretrain_videos"]),
-        _set("optim.epochs", epochs), _set("run.out", str(directory)), _set("run.seed", seed),
-        _set("run.init_from", init_from),
+        *_length(epochs), _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
     ]
-    checkpoint = train(load_config(PRETRAIN_RECIPE, overrides))
+    cfg = load_config(PRETRAIN_RECIPE, overrides)
+    checkpoint = train(cfg)
     metrics = directory / "metrics.jsonl"
-    return {"checkpoint": str(checkpoint), "metrics": str(metrics),
-            "steps": demo_report.read_metrics(metrics)[-1]["step"], "streams": streams}
+    return {"checkpoint": str(checkpoint), "metrics": str(metrics), "streams": streams,
+            "steps": demo_report.read_metrics(metrics)[-1]["step"], "config": config_to_dict(cfg)}
 
 
 def finetune_config(directory: Path, task: str, init_from: str | None, bench: dict, epochs: float, seed: int):
@@ -217,8 +226,7 @@ def finetune_config(directory: Path, task: str, init_from: str | None, bench: di
     return load_config(FINETUNE_RECIPE, [
         _set("data.train", paths[f"{task}_train"]), _set("data.val", paths[f"{task}_val"]),
         _set("data.flip", task == "spatial"), _set("finetune.num_classes", num_classes),
-        _set("optim.epochs", epochs), _set("run.out", str(directory)), _set("run.seed", seed),
-        _set("run.init_from", init_from),
+        *_length(epochs), _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
     ])
 
 
@@ -240,23 +248,22 @@ def finetune(directory: Path, task: str, init_from: str | None, bench: dict, sca
     }
 
 
-def measure_targets(bench: dict, tokenizer_info: dict, scale: DemoScale, seed: int) -> dict:
+def measure_targets(bench: dict, tokenizer_info: dict, joint_run: dict, scale: DemoScale, seed: int) -> dict:
     """How much motion the video targets carry, on temporal-task validation clips: the share of
     the most frequent token, the share of tokens that change between consecutive frames, and the
     accuracy of copying each masked token from the nearest unmasked frame (tube masks drawn as in
     pretraining)."""
-    from bevt.config import load_config
     from bevt.data.datasets import load_annotations
     from bevt.data.decode import read_clip
     from bevt.data.transforms import to_video, tokenizer_view
     from bevt.masking import build_mask_generator, mask_to_token_grid
     from bevt.tokenizers import load_tokenizer
 
-    masking = load_config(PRETRAIN_RECIPE, [_set("tokenizer.path", "-"), _set("data.train", "-")]).masking
+    masking = joint_run["config"]["masking"]
     tokenizer = load_tokenizer(tokenizer_info["path"])
     grid = (scale.frames // 2, scale.size // 16, scale.size // 16)
-    masks = build_mask_generator(masking.video, grid, ratio=masking.ratio, min_cells=masking.min_cells,
-                                 tube_length=masking.tube_length, wrap=masking.wrap)
+    masks = build_mask_generator(masking["video"], grid, ratio=masking["ratio"], min_cells=masking["min_cells"],
+                                 tube_length=masking["tube_length"], wrap=masking["wrap"])
     generator = torch.Generator().manual_seed(seed)
     samples = load_annotations(bench["paths"]["temporal_val"]).samples[:TARGET_STATS_CLIPS]
     counts = torch.zeros(tokenizer.vocab_size)
@@ -295,21 +302,37 @@ def copy_from_nearest_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch
     return guess
 
 
-def write_figures_and_report(out: Path, directory: Path, results: dict, pretrained: dict, bench: dict) -> dict:
-    """Pretraining loss curves and the mask + token-reconstruction pictures, next to report.md."""
+def write_figures(out: Path, pretrained: dict, bench: dict, seed: int) -> dict[str, str]:
+    """Pretraining loss curves, and masks with token reconstructions of the BEVT model on a
+    temporal-task validation clip and a held-out image; -> {PNG name: caption} of the latter."""
+    from bevt.data.datasets import load_annotations
+    from bevt.visualize import visualize_file
+
     demo_report.plot_pretraining_curves({name: run["metrics"] for name, run in pretrained.items()},
                                         out / demo_report.LOSS_CURVES_PNG)
-    return {"figures": {}}
+    clip = load_annotations(bench["paths"]["temporal_val"]).samples[0].path
+    image = load_annotations(bench["paths"]["images_val"]).samples[0].path
+    figures = {}
+    for name, source, what in (("masked_video.png", clip, "a temporal-task validation clip"),
+                               ("masked_image.png", image, "a held-out image")):
+        accuracy = visualize_file(source, out / name, checkpoint=pretrained["BEVT"]["checkpoint"], seed=seed)
+        figures[name] = (f"BEVT on {what}: rows are the input, the mask (tube masking for clips, "
+                         "blockwise for images), the tokenizer's reconstruction of the true tokens, the "
+                         "reconstruction with the model's predictions in the masked cells, and which masked "
+                         f"tokens it got right (masked-token accuracy {accuracy['masked_accuracy']:.0%}).")
+    return figures
+
+
+STREAMS_OF = {"image": ("image",), "video": ("video",), "joint": ("image", "video")}
 
 
 def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, tokenizer: dict, pretrained: dict,
-                    finetuned: dict, targets: dict, phases: PhaseRunner) -> dict:
+                    finetuned: dict, targets: dict) -> dict:
     """The numbers the report and results.json show, gathered from the phases' outputs."""
-    from bevt.config import load_config
     from bevt.models import create_model
 
-    model_cfg = load_config(PRETRAIN_RECIPE, [_set("tokenizer.path", "-"), _set("data.train", "-")]).model
-    encoder = create_model(model_cfg.name)
+    joint_cfg = pretrained["BEVT"]["config"]
+    encoder = create_model(joint_cfg["model"]["name"])
     counts = bench["counts"]
     tasks = {}
     for task in TASKS:
@@ -319,16 +342,17 @@ def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, token
     return {
         "seed": seed,
         "quick": quick,
-        "model": {"flavor": model_cfg.name, "overrides": {}, "params": sum(p.numel() for p in encoder.parameters())},
+        "model": {"flavor": joint_cfg["model"]["name"], "params": sum(p.numel() for p in encoder.parameters())},
+        "batch": {"images": joint_cfg["data"]["image_batch_size"], "clips": joint_cfg["data"]["video_batch_size"]},
         "data": {"size": scale.size, "frames": scale.frames, "images": counts["images_train"],
                  "image_classes": len(Path(bench["paths"]["images_classes"]).read_text().split()),
                  "pretrain_videos": counts["spatial_train"] + counts["temporal_train"], "tasks": tasks},
         "tokenizer": tokenizer,
         "steps": {"tokenizer": scale.tokenizer_steps,
                   "pretrain": {name: run["steps"] for name, run in pretrained.items()},
-                  "finetune": max(run["steps"] for run in finetuned.values())},
-        "pretrain": {name: {stream + "_trend": demo_report.loss_trend(run["metrics"], stream)
-                            for stream in ("image", "video") if stream in run["streams"] or run["streams"] == "joint"}
+                  "finetune": {task: finetuned[("No pretraining", task)]["steps"] for task in TASKS}},
+        "pretrain": {name: {f"{stream}_trend": demo_report.loss_trend(run["metrics"], stream)
+                            for stream in STREAMS_OF[run["streams"]]}
                      for name, run in pretrained.items()},
         "finetune": {method: {task: finetuned[(method, task)]["top1"] for task in TASKS} for method in METHODS},
         "finetune_train_acc": {method: {task: finetuned[(method, task)]["train_acc"] for task in TASKS}

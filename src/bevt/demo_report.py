@@ -48,12 +48,15 @@ def _compare(results: dict, a: str, b: str, task: str) -> tuple[float, float]:
     return acc_a - acc_b, noise_points((acc_a + acc_b) / 2, n)
 
 
-def _verdict(delta: float, noise: float) -> str:
+def comparison(results: dict, a: str, b: str, task: str) -> str:
+    """'a beats b by N points (x% vs y%, noise ±m)' or 'a and b are within noise ...'."""
+    delta, noise = _compare(results, a, b, task)
+    numbers = f"{_top1(results, a, task):.1f}% vs {_top1(results, b, task):.1f}%, noise ±{noise:.1f} points"
     if delta > noise:
-        return f"better by {delta:.1f} points"
+        return f"{a} beats {b} by {delta:.1f} points ({numbers})"
     if delta < -noise:
-        return f"worse by {-delta:.1f} points"
-    return f"within noise ({delta:+.1f} points)"
+        return f"{a} is behind {b} by {-delta:.1f} points ({numbers})"
+    return f"{a} and {b} are within noise of each other ({numbers})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,8 +88,8 @@ def table2_markdown(results: dict, method: str = "BEVT") -> str:
         normal = _top1(results, method, task)
         cells = [f"{normal:.1f}"]
         for mode in ("single_frame", "shuffled"):
-            acc = _top1(results, method, task, mode)
-            cells.append(f"{acc:.1f} ↓{normal - acc:.1f}")
+            drop = normal - _top1(results, method, task, mode)
+            cells.append(f"{normal - drop:.1f} {'↓' if drop >= 0 else '↑'}{abs(drop):.1f}")
         chance = results["data"]["tasks"][task]["chance"]
         lines.append(f"| {TASK_NAMES[task]} | {' | '.join(cells)} | {chance:.1f} |")
     return "\n".join(lines)
@@ -94,38 +97,41 @@ def table2_markdown(results: dict, method: str = "BEVT") -> str:
 
 def scale_markdown(results: dict) -> str:
     """What was run: model, data, steps, time per phase, seed."""
-    model, data, steps = results["model"], results["data"], results["steps"]
-    tasks = data["tasks"]
-    overrides = ", ".join(f"{k}={v}" for k, v in model["overrides"].items()) or "none"
+    model, data, steps, batch = results["model"], results["data"], results["steps"], results["batch"]
+    tokenizer = results["tokenizer"]
     rows = [
         ("Seed", str(results["seed"])),
-        ("Scale", "quick" if results["quick"] else "full"),
-        ("Model", f"Video Swin `{model['flavor']}` flavor (overrides: {overrides}), "
-                  f"{model['params'] / 1e6:.2f} M encoder parameters"),
-        ("Input", f"{data['frames']} frames x {data['size']} x {data['size']} px; tokenizer view "
-                  f"{data['size'] // 2} px, {results['tokenizer']['codebook_size']} codes"),
-        ("Images (pretraining)", f"{data['images']} images, {data['image_classes']} classes (labels unused)"),
-        ("Videos (pretraining)", f"{data['pretrain_videos']} clips: the training clips of both tasks (labels unused)"),
+        ("Scale", "`--quick`" if results["quick"] else "full"),
+        ("Model", f"Video Swin, `{model['flavor']}` flavor: {model['params'] / 1e6:.2f} M encoder parameters"),
+        ("Input", f"{data['frames']} frames x {data['size']} x {data['size']} px"),
+        ("Tokenizer", f"VQ, {tokenizer['codebook_size']} codes on {data['size'] // 2}-px views, "
+                      f"{steps['tokenizer']} steps: {tokenizer['psnr_db']:.1f} dB PSNR, "
+                      f"{100 * tokenizer['codebook_usage']:.0f}% of codes used"),
+        ("Image set", f"{data['images']} images of {data['image_classes']} classes (labels unused)"),
+        ("Video pretraining set", f"{data['pretrain_videos']} clips: the training clips of both tasks "
+                                  "(labels unused)"),
     ]
     for task in TASKS:
-        t = tasks[task]
-        rows.append((f"{task.capitalize()} task", f"{t['classes']} classes, {t['train']} training / {t['val']} validation clips"))
+        t = data["tasks"][task]
+        rows.append((f"{task.capitalize()} task", f"{t['classes']} classes, {t['train']} training / "
+                                                  f"{t['val']} validation clips"))
     rows += [
-        ("Tokenizer steps", str(steps["tokenizer"])),
-        ("Pretraining steps", ", ".join(f"{name} {n}" for name, n in steps["pretrain"].items())),
-        ("Finetuning steps", f"{steps['finetune']} per method and task"),
+        ("Pretraining steps", ", ".join(f"{name} {n}" for name, n in steps["pretrain"].items())
+         + f" (batches of {batch['images']} images and/or {batch['clips']} clips)"),
+        ("Finetuning steps", ", ".join(f"{n} on the {task} task" for task, n in steps["finetune"].items())
+         + f" per method (batches of {batch['clips']} clips)"),
         ("Machine", f"{results['machine']['cpus']} CPU cores, torch {results['machine']['torch']}"),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "| Phase | Wall time |", "|---|---:|"]
     for phase in results["phases"]:
-        lines.append(f"| {phase['name']} | {_minutes(phase['wall_s'])} |")
+        lines.append(f"| {phase['name']} | {minutes(phase['wall_s'])} |")
     total = sum(p["wall_s"] for p in results["phases"])
-    lines.append(f"| **total** | **{_minutes(total)}** |")
+    lines.append(f"| **total** | **{minutes(total)}** |")
     return "\n".join(lines)
 
 
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:04.1f} s" if seconds >= 60 else f"{seconds:.1f} s"
 
 
@@ -231,70 +237,94 @@ def _benchmark_nature(results: dict) -> str:
 
 
 def _pretraining_effect(results: dict) -> str:
-    text = ["**Pretraining methods (Table 1).**"]
-    for task in TASKS:
-        delta, noise = _compare(results, "BEVT", "No pretraining", task)
-        text.append(f"On the {task} task BEVT is {_verdict(delta, noise)} than no pretraining "
-                    f"({_top1(results, 'BEVT', task):.1f}% vs {_top1(results, 'No pretraining', task):.1f}%, "
-                    f"noise ±{noise:.1f}).")
-    delta, noise = _compare(results, "BEVT", "BEVT-I", "temporal")
-    text.append(f"Adding the video stream to the image-pretrained model (BEVT vs BEVT-I) on the temporal task: "
-                f"{_verdict(delta, noise)}.")
-    delta, noise = _compare(results, "BEVT", "BEVT-V", "temporal")
-    text.append(f"The decoupled design (BEVT vs BEVT-V, video-only from scratch) on the temporal task: "
-                f"{_verdict(delta, noise)}.")
     val = results["data"]["tasks"]["temporal"]["val"]
-    text.append(f"Noise is two standard errors of a difference of two accuracies on {val} validation clips; "
-                f"this is one seed ({results['seed']}), so differences inside it are not findings.")
-    return " ".join(text)
+    return " ".join([
+        "**Pretraining methods (Table 1).**",
+        f"Spatial task: {comparison(results, 'BEVT', 'No pretraining', 'spatial')}.",
+        f"Temporal task: {comparison(results, 'BEVT', 'No pretraining', 'temporal')}.",
+        f"The video stream (BEVT against BEVT-I, temporal task): {comparison(results, 'BEVT', 'BEVT-I', 'temporal')}.",
+        "The decoupled design (BEVT against BEVT-V, video stream only, from scratch; temporal task): "
+        f"{comparison(results, 'BEVT', 'BEVT-V', 'temporal')}.",
+        f"Noise is two standard errors of the difference of two accuracies on {val} temporal validation clips "
+        f"(similar for the spatial task); this is one seed ({results['seed']}), and differences inside the "
+        "noise are not findings.",
+    ])
 
 
 def _diagnosis(results: dict) -> str:
-    """Why BEVT did not clearly beat the baseline on the temporal task: each check with its numbers."""
+    """Why BEVT did not clearly beat the baseline on the temporal task: each measurement that
+    bears on it, with its reading."""
+    checks = [_finetuning_floor(results), _video_pretraining_alone(results), *_pretraining_length(results),
+              _target_shortcuts(results), _target_motion(results), _finetuning_fit(results)]
+    return ("**Why BEVT did not beat the baseline on the temporal task here.** What this run measured "
+            f"(seed {results['seed']}):\n\n" + "\n".join(f"- {check}" for check in checks if check))
+
+
+def _finetuning_floor(results: dict) -> str | None:
     temporal = results["data"]["tasks"]["temporal"]
     band = chance_band(temporal["chance"], temporal["val"])
-    checks = []
-    accs = {m: _top1(results, m, "temporal") for m in METHODS}
-    if all(acc - temporal["chance"] <= band for acc in accs.values()):
-        checks.append(f"No method learned the temporal task (all within {band:.1f} points of chance "
-                      f"{temporal['chance']:.1f}%): the finetuning budget ({results['steps']['finetune']} steps) "
-                      "is too small to show any effect of pretraining.")
-    baseline = accs["No pretraining"]
-    if baseline >= 100 - noise_points(baseline, temporal["val"]):
-        checks.append(f"The baseline already reaches {baseline:.1f}%: the task saturates at this size, "
-                      "leaving no room for pretraining to help.")
+    if any(_top1(results, m, "temporal") - temporal["chance"] > band for m in METHODS):
+        return None
+    return (f"No method learned the temporal task: all are within {band:.1f} points of chance "
+            f"({temporal['chance']:.1f}%) after {results['steps']['finetune']['temporal']} finetuning steps, so "
+            "this run cannot show an effect of pretraining at all; finetuning is too short.")
+
+
+def _video_pretraining_alone(results: dict) -> str:
+    text = f"Video-only pretraining: {comparison(results, 'BEVT-V', 'No pretraining', 'temporal')}"
+    delta, noise = _compare(results, "BEVT-V", "No pretraining", "temporal")
+    if delta > noise:
+        return text + "; the video stream does help, so what BEVT adds on top of it (the image stage) does not."
+    return text + "; the masked video modeling itself did not transfer to the temporal task at this scale."
+
+
+def _pretraining_length(results: dict) -> list[str]:
+    lines = []
     for name in ("BEVT", "BEVT-V"):
         trend = results["pretrain"][name]["video_trend"]
-        steps = results["steps"]["pretrain"][name]
-        state = ("still falling" if trend["last_quarter_drop"] > 0.03 else "flat")
-        checks.append(f"{name}'s masked-video loss went from {trend['first']:.2f} to {trend['last']:.2f} in "
-                      f"{steps} steps and is {state} ({100 * trend['last_quarter_drop']:.1f}% lower over the "
-                      "last quarter)" + (": more pretraining steps would likely help." if state != "flat" else "."))
-    tokens = results.get("tokens")
-    if tokens:
-        video_acc = results["pretrain"]["BEVT"]["video_trend"]["acc_last"]
-        if video_acc is not None:
-            checks.append(f"BEVT's masked-video token accuracy ends at {100 * video_acc:.1f}%, against "
-                          f"{100 * tokens['top_token_share']:.1f}% for always predicting the most frequent token "
-                          f"and {100 * tokens['copy_accuracy']:.1f}% for copying the token at the same place from "
-                          "the nearest unmasked frame"
-                          + (": the model learned little beyond these shortcuts." if video_acc <= max(
-                              tokens["top_token_share"], tokens["copy_accuracy"]) + 0.02 else "."))
-        checks.append(f"Only {100 * tokens['change_rate']:.1f}% of tokenizer targets change from one frame to "
-                      f"the next on temporal-task clips ({tokens['codes_used']} of {tokens['codebook_size']} codes "
-                      "in use)" + (": the video targets are mostly static appearance, so predicting them "
-                                   "teaches little about motion." if tokens["change_rate"] < 0.2 else
-                                   ": the targets do carry motion."))
-    finetune_train = results.get("finetune_train_acc", {})
-    if "No pretraining" in finetune_train:
-        train_acc = finetune_train["No pretraining"]["temporal"]
-        checks.append(f"Without pretraining the temporal model reaches {train_acc:.1f}% on its training clips "
-                      f"and {baseline:.1f}% on validation"
-                      + (" (overfitting: more data or a prior should help)." if train_acc - baseline > 15
-                         else " (it underfits: finetuning, not the initialisation, is the bottleneck)."
-                         if train_acc < 70 else "."))
-    return ("**Why BEVT did not beat the baseline on the temporal task here.** Measured in this run "
-            f"(seed {results['seed']}):\n\n" + "\n".join(f"- {c}" for c in checks))
+        falling = trend["last_quarter_drop"] > 0.03
+        lines.append(
+            f"{name}'s masked-video loss went from {trend['first']:.2f} to {trend['last']:.2f} in "
+            f"{results['steps']['pretrain'][name]} steps, {100 * trend['last_quarter_drop']:.1f}% lower in the "
+            "last quarter than in the one before: "
+            + ("still falling, so it stopped early and longer pretraining would likely help." if falling else
+               "it had levelled off, so more of the same pretraining is unlikely to change much."))
+    return lines
+
+
+def _target_shortcuts(results: dict) -> str:
+    tokens = results["tokens"]
+    accuracy = results["pretrain"]["BEVT"]["video_trend"]["acc_last"]
+    shortcut = max(tokens["top_token_share"], tokens["copy_accuracy"])
+    return (f"BEVT's masked-video token accuracy ends at {100 * accuracy:.1f}%; always predicting the most "
+            f"frequent token scores {100 * tokens['top_token_share']:.1f}%, and copying each masked token from "
+            f"the nearest frame where its cell is visible {100 * tokens['copy_accuracy']:.1f}% "
+            f"(measured on {tokens['clips']} temporal clips with tube masks): "
+            + ("the model has not got past these shortcuts, so it learned little about motion."
+               if accuracy <= shortcut + 0.02 else "the model does better than these shortcuts."))
+
+
+def _target_motion(results: dict) -> str:
+    tokens = results["tokens"]
+    static = tokens["change_rate"] < 0.2
+    return (f"{100 * tokens['change_rate']:.1f}% of the tokenizer's targets change from one frame to the next on "
+            f"temporal-task clips ({tokens['codes_used']} of {tokens['codebook_size']} codes in use): "
+            + ("the video targets are mostly static background, and predicting them teaches little about motion."
+               if static else "the targets do follow the moving object."))
+
+
+def _finetuning_fit(results: dict) -> str:
+    parts = []
+    for method in ("No pretraining", "BEVT"):
+        train = results["finetune_train_acc"][method]["temporal"]
+        parts.append(f"{method} {train:.0f}% on its last training batches vs "
+                     f"{_top1(results, method, 'temporal'):.0f}% on validation")
+    train = results["finetune_train_acc"]["No pretraining"]["temporal"]
+    gap = train - _top1(results, "No pretraining", "temporal")
+    reading = ("the baseline overfits its few training clips, where a pretrained prior should help most"
+               if gap > 15 else "the models underfit: finetuning length, not the initialisation, limits them"
+               if train < 70 else "the baseline fits and generalises; it leaves pretraining little to add")
+    return f"Temporal finetuning: {'; '.join(parts)}: {reading}."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,8 +67,9 @@ class Annotations:
 
 def load_annotations(path: str, root: str | None = None, labels: str | None = None) -> Annotations:
     """Read any supported annotation format; relative video paths are joined to `root`
-    (default: the annotation file's folder). `labels`: the SSv2 labels json, or for a Kinetics
-    CSV an optional file with one class name per line (default: the CSV's sorted labels)."""
+    (default: the annotation file's folder). `labels`: the SSv2 labels json; for a list file or
+    a Kinetics CSV, an optional class-name file, one name per line in label order (a Kinetics
+    CSV defaults to its sorted labels)."""
     path = str(path)
     if os.path.isdir(path):
         return scan_class_folders(path)
@@ -83,10 +84,10 @@ def load_annotations(path: str, root: str | None = None, labels: str | None = No
         if entries and isinstance(entries[0], dict) and "vid_name" in entries[0]:
             return read_diving48_json(path, root, entries)
         return read_ssv2_json(path, root, labels, entries)
-    return read_list_file(path, root)
+    return read_list_file(path, root, labels)
 
 
-def read_list_file(path: str, root: str) -> Annotations:
+def read_list_file(path: str, root: str, class_file: str | None = None) -> Annotations:
     """mmaction list: `relative/path label` per line (the path may contain spaces)."""
     samples = []
     with open(path, encoding="utf-8") as lines:
@@ -98,7 +99,7 @@ def read_list_file(path: str, root: str) -> Annotations:
             if len(parts) != 2 or not _is_int(parts[1]):
                 raise DataError(f"{path}:{lineno}: expected '<path> <integer label>', got {text!r}")
             samples.append(Sample(os.path.join(root, parts[0]), int(parts[1])))
-    return Annotations(path, "list", samples)
+    return Annotations(path, "list", samples, _read_class_names(class_file) if class_file else None)
 
 
 KINETICS_FIELDS = ("youtube_id", "time_start", "time_end")
@@ -124,8 +125,7 @@ def read_kinetics_csv(path: str, root: str, class_file: str | None = None) -> An
                 raise DataError(f"{path}:{lineno}: empty youtube_id")
             rows.append((row, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"))
     if class_file:
-        with open(class_file, encoding="utf-8") as handle:
-            class_names = [name.strip() for name in handle if name.strip()]
+        class_names = _read_class_names(class_file)
     else:
         class_names = sorted({row["label"] for row, _ in rows if row.get("label")})
     class_index = {name: i for i, name in enumerate(class_names)}
@@ -141,6 +141,14 @@ def read_kinetics_csv(path: str, root: str, class_file: str | None = None) -> An
         video = os.path.join(root, folder_of_label[label_name], filename)
         samples.append(Sample(video, class_index.get(label_name, -1), record=row))
     return Annotations(path, "kinetics_csv", samples, class_names, csv_fields=list(fields))
+
+
+def _read_class_names(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [name.strip() for name in handle if name.strip()]
+    except FileNotFoundError:
+        raise DataError(f"class-name file not found: {path}") from None
 
 
 def _label_folders(label: str) -> list[str]:
@@ -170,7 +178,9 @@ def read_ssv2_json(path: str, root: str, labels_file: str | None, entries: list 
                 raise DataError(f"{path}: entry {number} (id {entry['id']}) has no 'template'")
             template = entry["template"].replace("[", "").replace("]", "")
             if template not in class_index:
-                raise DataError(f"{path}: entry {number} (id {entry['id']}): template {template!r} not in {labels_file}")
+                raise DataError(
+                    f"{path}: entry {number} (id {entry['id']}): template {template!r} not in {labels_file}"
+                )
             label = class_index[template]
         samples.append(Sample(os.path.join(root, f"{entry['id']}{extension}"), label, record=entry))
     class_names = sorted(class_index, key=class_index.get) if class_index else None

@@ -24,6 +24,10 @@ from bevt.errors import DataError
 
 BACKENDS = ("pyav", "decord", "torchcodec")
 
+# Threads per decoder. Parallelism comes from DataLoader workers (one decoder each); FFmpeg's
+# default (one thread per core in every worker) oversubscribes the CPU and measured no faster.
+DECODER_THREADS = 1
+
 
 class UnreadableSample(DataError):
     """A video (or image) that cannot give the requested frames; `reason` starts with its kind."""
@@ -38,13 +42,16 @@ class UnreadableSample(DataError):
 class VideoIndex:
     """Where every frame of the first video stream is, found by demuxing.
 
-    `pts[i]` is the presentation timestamp of frame i (in display order); `keyframe_pts` are the
-    timestamps decoding can start from. `header_frames` is what the container claims (0 when
-    unknown), kept only to explain truncation in error messages.
+    `pts[i]` is the presentation timestamp of frame i (in display order). Keyframes, sorted by
+    pts, have a seek target each: min(pts, dts), because containers seek by either (mp4 and
+    AVI by dts, Matroska by pts) and landing early only costs a few extra frames.
+    `header_frames` is what the container claims (0 when unknown), used only to explain
+    truncation in error messages.
     """
 
     pts: np.ndarray
     keyframe_pts: np.ndarray
+    keyframe_seek: np.ndarray
     header_frames: int
 
     @property
@@ -77,7 +84,7 @@ def _ffmpeg_message(err: Exception) -> str:
 
 
 def _index_stream(container, stream, path: str) -> VideoIndex:
-    pts, keyframes = [], []
+    pts, keyframes = [], {}
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the flush packet at the end of the stream
@@ -87,18 +94,20 @@ def _index_stream(container, stream, path: str) -> VideoIndex:
                 continue
             pts.append(stamp)
             if packet.is_keyframe:
-                keyframes.append(stamp)
+                keyframes[stamp] = min(stamp, packet.dts if packet.dts is not None else stamp)
     except av.FFmpegError as err:
         raise UnreadableSample(
             path, f"truncated: stream unreadable after {len(pts)} packets ({_ffmpeg_message(err)})"
         ) from None
     if not pts:
         raise UnreadableSample(path, "undecodable: no video frames")
-    if not keyframes:  # some muxers (AVI with packed B-frames) do not flag keyframes
-        keyframes = [min(pts)]
+    first = min(pts)
+    keyframes.setdefault(first, first)  # decoding can always start at the beginning
+    keyframe_pts = np.array(sorted(keyframes), dtype=np.int64)
     return VideoIndex(
         pts=np.unique(np.asarray(pts, dtype=np.int64)),
-        keyframe_pts=np.unique(np.asarray(keyframes, dtype=np.int64)),
+        keyframe_pts=keyframe_pts,
+        keyframe_seek=np.array([keyframes[k] for k in keyframe_pts], dtype=np.int64),
         header_frames=int(stream.frames or 0),
     )
 
@@ -109,137 +118,113 @@ def index_video(path: str) -> VideoIndex:
         return _index_stream(container, container.streams.video[0], str(path))
 
 
-def read_frames(path: str, frame_indices, index: VideoIndex | None = None, backend: str = "pyav") -> np.ndarray:
-    """Frames `frame_indices` (display order, repeats allowed) of `path` as uint8 (T,H,W,3) RGB."""
-    if backend == "pyav":
-        return _read_frames_pyav(str(path), list(frame_indices), index)
-    if backend == "decord":
-        return _read_frames_decord(str(path), list(frame_indices))
-    if backend == "torchcodec":
-        return _read_frames_torchcodec(str(path), list(frame_indices))
-    raise DataError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
 def read_clip(path: str, choose_indices, backend: str = "pyav") -> tuple[np.ndarray, list[int]]:
-    """Index `path`, let `choose_indices(num_frames)` pick frames, decode them.
+    """Count the frames of `path`, let `choose_indices(num_frames)` pick some, decode them.
 
     `choose_indices` may raise `ValueError` when the video is too short for it; that becomes a
-    "too short" skip reason. Returns the frames (T,H,W,3) and the indices that were decoded.
+    "too short" skip reason. Returns uint8 (T,H,W,3) RGB frames and the indices decoded.
     """
     path = str(path)
-    if backend != "pyav":
-        num_frames = count_frames(path, backend)
-        indices = _choose(path, choose_indices, num_frames)
-        return read_frames(path, indices, backend=backend), indices
-    with _open(path) as container:
-        index = _index_stream(container, container.streams.video[0], path)
-        indices = _choose(path, choose_indices, index.num_frames)
-        return _decode_indices(container, path, indices, index), indices
-
-
-def count_frames(path: str, backend: str = "pyav") -> int:
-    """The number of frames a backend can deliver (for pyav: demuxed packets, not the header)."""
     if backend == "pyav":
-        return index_video(path).num_frames
-    check_readable_file(path)
-    if backend == "decord":
-        return len(_decord_reader(path))
-    return _torchcodec_decoder(path).metadata.num_frames
+        with _open(path) as container:
+            index = _index_stream(container, container.streams.video[0], path)
+            indices = _choose(path, choose_indices, index.num_frames)
+            return _decode_indices(container, path, indices, index), indices
+    num_frames, read = _open_other_backend(path, backend)
+    indices = _choose(path, choose_indices, num_frames)
+    try:
+        return read(indices), indices
+    except Exception as err:  # decord and torchcodec raise their own error types for bad streams
+        raise UnreadableSample(path, f"undecodable: {err}") from None
+
+
+def read_frames(path: str, frame_indices, backend: str = "pyav") -> np.ndarray:
+    """Frames `frame_indices` (display order, repeats allowed) of `path` as uint8 (T,H,W,3) RGB."""
+    wanted = [int(i) for i in frame_indices]
+    return read_clip(path, lambda num_frames: wanted, backend)[0]
 
 
 def _choose(path: str, choose_indices, num_frames: int) -> list[int]:
     try:
-        return [int(i) for i in choose_indices(num_frames)]
+        indices = [int(i) for i in choose_indices(num_frames)]
     except ValueError as err:
         raise UnreadableSample(path, f"too short: {err}") from None
-
-
-def _read_frames_pyav(path: str, frame_indices: list[int], index: VideoIndex | None) -> np.ndarray:
-    with _open(path) as container:
-        if index is None:
-            index = _index_stream(container, container.streams.video[0], path)
-        return _decode_indices(container, path, frame_indices, index)
+    if not indices:
+        raise ValueError("no frame indices chosen")
+    if min(indices) < 0 or max(indices) >= num_frames:
+        raise UnreadableSample(path, f"too short: frame {max(indices)} requested, video has {num_frames} frames")
+    return indices
 
 
 def _decode_indices(container, path: str, frame_indices: list[int], index: VideoIndex) -> np.ndarray:
     """Seek to the keyframe before the first wanted frame, decode forward, stop after the last."""
-    if not frame_indices:
-        raise ValueError("frame_indices is empty")
-    if min(frame_indices) < 0 or max(frame_indices) >= index.num_frames:
-        raise UnreadableSample(
-            path, f"too short: frame {max(frame_indices)} requested, video has {index.num_frames} frames"
-        )
     wanted = {int(index.pts[i]): None for i in frame_indices}
-    first, last = min(wanted), max(wanted)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    before_first = np.searchsorted(index.keyframe_pts, first, side="right") - 1
-    start = index.keyframe_pts[max(before_first, 0)]
-    found = _decode_range(container, stream, path, int(start), first, last, wanted, index)
-    if found < len(wanted) and start != index.keyframe_pts[0]:
-        # A container whose seek landed after the wanted frame: decode from the very start.
-        found = _decode_range(container, stream, path, int(index.keyframe_pts[0]), first, last, wanted, index)
-    if found < len(wanted):
-        missing = sorted(stamp for stamp, frame in wanted.items() if frame is None)
-        raise UnreadableSample(path, f"undecodable: frames with pts {missing[:3]} never decoded")
+    stream.thread_count = DECODER_THREADS
+    keyframe = max(int(np.searchsorted(index.keyframe_pts, min(wanted), side="right")) - 1, 0)
+    if not _decode_range(container, stream, path, int(index.keyframe_seek[keyframe]), wanted, index, keyframe == 0):
+        # The seek landed on a frame that is not really a keyframe (AVI indexes flag some P-frames),
+        # or after a wanted frame: decode from the very start instead.
+        _decode_range(container, stream, path, int(index.keyframe_seek[0]), wanted, index, from_start=True)
+    missing = sorted(stamp for stamp, frame in wanted.items() if frame is None)
+    if missing:
+        raise UnreadableSample(path, _broken_stream_reason(index, f"frames with pts {missing[:3]} never decoded"))
     return np.stack([wanted[int(index.pts[i])] for i in frame_indices])
 
 
-def _decode_range(container, stream, path, start_pts, first, last, wanted, index) -> int:
-    """Decode from the keyframe at `start_pts` up to pts `last`; fill `wanted`; return how many."""
-    container.seek(start_pts, stream=stream, backward=True, any_frame=False)
-    found = sum(frame is not None for frame in wanted.values())
+def _decode_range(
+    container, stream, path: str, seek_to: int, wanted: dict, index: VideoIndex, from_start: bool
+) -> bool:
+    """Decode from the keyframe at or before `seek_to` up to the last wanted pts, filling
+    `wanted`. False when the seek point proved unusable (caller restarts from the start)."""
+    container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+    last = max(wanted)
     decoded = 0
     try:
         for frame in container.decode(stream):
+            if decoded == 0 and not from_start and not frame.key_frame:
+                return False
             decoded += 1
             stamp = frame.pts if frame.pts is not None else frame.dts
             if stamp in wanted and wanted[stamp] is None:
                 wanted[stamp] = frame.to_ndarray(format="rgb24")
-                found += 1
-            if found == len(wanted) or (stamp is not None and stamp >= last):
+            if stamp is not None and stamp >= last:
                 break
     except av.FFmpegError as err:
-        kind = "truncated" if index.header_frames > index.num_frames else "undecodable"
-        detail = f"header says {index.header_frames} frames, file holds {index.num_frames}; " if (
-            kind == "truncated"
-        ) else ""
         raise UnreadableSample(
-            path, f"{kind}: {detail}decoding failed after {decoded} frames ({_ffmpeg_message(err)})"
+            path, _broken_stream_reason(index, f"decoding failed after {decoded} frames ({_ffmpeg_message(err)})")
         ) from None
-    return found
+    return from_start or all(frame is not None for frame in wanted.values())
 
 
-def _decord_reader(path: str):
-    try:
-        import decord
-    except ImportError:
-        raise DataError("video backend 'decord' was asked for but is not installed (pip install decord)") from None
-    try:
-        return decord.VideoReader(path, num_threads=1)
-    except Exception as err:  # decord raises its own DECORDError for any unreadable input
-        raise UnreadableSample(path, f"undecodable: {err}") from None
+def _broken_stream_reason(index: VideoIndex, what: str) -> str:
+    """A header promising more frames than the file holds is the mark of a cut-off download."""
+    if index.header_frames > index.num_frames:
+        return f"truncated: header says {index.header_frames} frames, file holds {index.num_frames}; {what}"
+    return f"undecodable: {what}"
 
 
-def _read_frames_decord(path: str, frame_indices: list[int]) -> np.ndarray:
+def _open_other_backend(path: str, backend: str):
+    """(frame count, read(indices) -> uint8 (T,H,W,3)) from decord or torchcodec, which both
+    count frames by scanning the file rather than by trusting the header."""
+    if backend not in BACKENDS:
+        raise DataError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     check_readable_file(path)
-    return _decord_reader(path).get_batch(frame_indices).asnumpy()
-
-
-def _torchcodec_decoder(path: str):
     try:
-        from torchcodec.decoders import VideoDecoder
+        if backend == "decord":
+            import decord
+        else:
+            from torchcodec.decoders import VideoDecoder
     except ImportError:
         raise DataError(
-            "video backend 'torchcodec' was asked for but is not installed (pip install torchcodec)"
+            f"video backend {backend!r} was asked for but is not installed (pip install {backend})"
         ) from None
     try:
-        return VideoDecoder(path)  # the default "exact" mode scans the file instead of trusting the header
-    except Exception as err:  # torchcodec raises RuntimeError/ValueError for unreadable input
+        if backend == "decord":
+            reader = decord.VideoReader(path, num_threads=DECODER_THREADS)
+            return len(reader), lambda indices: reader.get_batch(indices).asnumpy()
+        decoder = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=DECODER_THREADS, seek_mode="exact")
+        return decoder.metadata.num_frames, lambda indices: decoder.get_frames_at(indices).data.numpy()
+    except Exception as err:  # both raise their own error types for unreadable input
         raise UnreadableSample(path, f"undecodable: {err}") from None
-
-
-def _read_frames_torchcodec(path: str, frame_indices: list[int]) -> np.ndarray:
-    check_readable_file(path)
-    frames = _torchcodec_decoder(path).get_frames_at(indices=frame_indices).data  # (T,3,H,W)
-    return frames.permute(0, 2, 3, 1).numpy()

@@ -202,13 +202,18 @@ def render_temporal_clip(rng: np.random.Generator, size: int, frames: int, label
 # ----------------------------------------------------------------------------------------------
 
 
-def write_h264(path: str, frames: np.ndarray, *, intra_only: bool = False, fps: int = FPS, crf: int = 20) -> None:
-    """Encode uint8 (T,H,W,3) as H.264 (libx264, yuv420p) in an mp4; bit-exact for equal input."""
+def write_h264(path: str, frames: np.ndarray, *, intra_only: bool = False, fps: int = FPS) -> None:
+    """Encode uint8 (T,H,W,3) as H.264 (libx264, yuv420p) in an mp4; bit-exact for equal input.
+
+    `intra_only`: every frame an IDR frame at a constant quantiser, so each decoded frame depends
+    on that frame alone (rate control would otherwise tie a frame's quality to its neighbours).
+    """
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "fast", "threads": "1", "g": "1" if intra_only else "250"}
+        quality = {"qp": "22", "g": "1"} if intra_only else {"crf": "20"}
+        stream.options = {"preset": "fast", "threads": "1", **quality}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -328,6 +333,7 @@ def make_synthetic_benchmark(
             list(pool.map(_make_one, [(str(out_dir), seed, size, frames, job) for job in part_jobs], chunksize=8))
             seconds[part] = time.perf_counter() - started
     for (part, split), part_jobs in jobs.items():
+        os.makedirs(os.path.join(out_dir, part), exist_ok=True)
         with open(paths[f"{part}_{split}"] if part != "images" else paths[f"images_{split}_list"], "w") as handle:
             handle.writelines(f"{job.relative_path} {job.label}\n" for job in part_jobs)
     _write_class_names(paths["images_classes"], image_names)
@@ -398,7 +404,8 @@ def _write_ssv2(paths: dict[str, str], jobs: dict) -> None:
         return template.replace("[", "").replace("]", "")
 
     with open(paths["temporal_ssv2_labels"], "w", encoding="utf-8") as handle:
-        json.dump({plain(template): str(label) for label, (_, template) in enumerate(TEMPORAL_CLASSES)}, handle, indent=1)
+        labels = {plain(template): str(label) for label, (_, template) in enumerate(TEMPORAL_CLASSES)}
+        json.dump(labels, handle, indent=1)
     for split, key in (("train", "temporal_ssv2_train"), ("val", "temporal_ssv2_val")):
         entries = [
             {

@@ -40,11 +40,17 @@ def to_video(frames) -> tv_tensors.Video:
     return tv_tensors.Video(frames.permute(0, 3, 1, 2))
 
 
+_MEAN_255 = torch.tensor(MEAN).view(3, 1, 1, 1) * 255
+_INV_STD_255 = 1 / (torch.tensor(STD).view(3, 1, 1, 1) * 255)
+
+
 def normalize(video: torch.Tensor) -> torch.Tensor:
-    """uint8 (T,3,H,W) -> float (3,T,H,W) with ImageNet mean/std (the model view)."""
-    x = video.float().div_(255)
-    x = v2.functional.normalize(x, MEAN, STD)
-    return x.permute(1, 0, 2, 3).contiguous()
+    """uint8 (T,3,H,W) -> float (3,T,H,W) with ImageNet mean/std (the model view).
+
+    Transposed while still uint8 and normalised in place: half the memory traffic of the
+    straightforward float -> /255 -> normalise -> transpose."""
+    x = video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous().float()
+    return x.sub_(_MEAN_255).mul_(_INV_STD_255)
 
 
 def tokenizer_view(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,7 +150,8 @@ class EvalTransform:
         clip = v2.functional.resize(to_video(frames), self.size, antialias=True)
         height, width = clip.shape[-2:]
         long_side = max(height, width)
-        offsets = [(long_side - self.size) // 2] if self.num_crops == 1 else [0, (long_side - self.size) // 2, long_side - self.size]
+        centre = (long_side - self.size) // 2
+        offsets = [centre] if self.num_crops == 1 else [0, centre, long_side - self.size]
         crops = []
         for offset in offsets:
             top, left = (offset, (width - self.size) // 2) if height > width else ((height - self.size) // 2, offset)
@@ -160,7 +167,9 @@ class VideoMixup:
     bit-exact resumes. The batch size must be even.
     """
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, label_smoothing: float = 0.1):
+    def __init__(
+        self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, label_smoothing: float = 0.1
+    ):
         from timm.data import Mixup
 
         self.mixup = Mixup(

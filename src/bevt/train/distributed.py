@@ -69,7 +69,7 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-def wrap_model(model: nn.Module, env: DistEnv, parallel: str, find_unused_parameters: bool) -> nn.Module:
+def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
     """DDP (replicated weights) or FSDP2 (`fully_shard` per Swin block, then the root)."""
     if env.world_size == 1:
         return model
@@ -81,7 +81,7 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str, find_unused_parame
                 fully_shard(module)
         return fully_shard(model)
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def gradient_sync(model: nn.Module, enabled: bool):

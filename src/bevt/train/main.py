@@ -146,7 +146,7 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
         task.init_weights(model, state, source_cfg)
     optimizer = build_optimizer(model, cfg.optim, encoder_depths(model), fused=env.device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
-    model = wrap_model(model, env, cfg.run.parallel, find_unused_parameters=cfg.task == "pretrain" and cfg.pretrain.streams != "joint")
+    model = wrap_model(model, env, cfg.run.parallel)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.run.precision == "fp16")
     state = {"step": 0}
     if start is not None:

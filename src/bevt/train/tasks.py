@@ -23,7 +23,7 @@ from torch import nn
 from bevt.config import Config
 from bevt.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError
-from bevt.models import create_model
+from bevt.models import VideoClassifier, create_model
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,25 @@ def encoder_kwargs(cfg: Config) -> dict:
 
 def build_model(cfg: Config, tokenizer=None) -> nn.Module:
     """The trained module of a config: the classifier (finetune) or the pretrainer with its frozen
-    tokenizer (read from `tokenizer.path` unless one is passed)."""
+    tokenizer (read from `tokenizer.path` unless one is passed).
+
+    Encoder parts the task never runs are frozen, so AdamW and DDP skip them: the image stream's
+    patch embedding and the mask token in finetuning, the other stream's embedding in BEVT-I / -V.
+    """
+    encoder = create_model(cfg.model.name, **encoder_kwargs(cfg))
     if cfg.task == "finetune":
-        return create_model(cfg.model.name, num_classes=cfg.finetune.num_classes, head_dropout=cfg.model.head_dropout,
-                            **encoder_kwargs(cfg))
+        encoder.patch_embed_2d.requires_grad_(False)
+        encoder.mask_token.requires_grad_(False)
+        return VideoClassifier(encoder, cfg.finetune.num_classes, dropout=cfg.model.head_dropout)
     from bevt.models.pretrainer import BEVTPretrainer
     from bevt.tokenizers import load_tokenizer
 
+    if cfg.pretrain.streams == "image":
+        encoder.patch_embed.requires_grad_(False)
+    elif cfg.pretrain.streams == "video":
+        encoder.patch_embed_2d.requires_grad_(False)
     return BEVTPretrainer(
-        create_model(cfg.model.name, **encoder_kwargs(cfg)),
+        encoder,
         tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer.path),
         streams=cfg.pretrain.streams,
         video_loss_weight=cfg.pretrain.video_loss_weight,
@@ -66,7 +76,7 @@ class BatchStream:
     Its state (epoch, position) is what the loader reports: batches handed out, not prefetched.
     """
 
-    def __init__(self, loader, skip_counter, skip_dir: Path | None, rank: int):
+    def __init__(self, loader, skip_counter, skip_dir: Path, rank: int):
         self.loader = loader
         self.skip_counter = skip_counter
         self.skip_dir = skip_dir
@@ -78,9 +88,9 @@ class BatchStream:
         if self._batches is None:
             self._batches = iter(self.loader)
         batch = next(self._batches, None)
-        if batch is None:  # epoch done: account for skips, start the next one
+        if batch is None:  # epoch done: account for skips (a summary file when there were some), next epoch
             epoch = self.loader.sampler.epoch
-            self.skip_counter.end_epoch(epoch, None if self.skip_dir is None else str(self.skip_dir), self.rank)
+            self.skip_counter.end_epoch(epoch, str(self.skip_dir) if self.skip_counter.skipped else None, self.rank)
             self.loader.set_epoch(epoch + 1)
             self._batches = iter(self.loader)
             batch = next(self._batches)

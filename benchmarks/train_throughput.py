@@ -1,0 +1,179 @@
+"""Training throughput of a joint BEVT step (image batch + video batch), per precision, side by side.
+
+Runs the training loop's own `train_step` (forward, backward, clipping, AdamW) of the joint
+pretrainer on random tensors shaped like the loaders' batches, with masks from the real
+generators and a tokenizer with random weights: no video decoding, no datasets, so it runs on a
+bare GPU machine without PyAV. Reports clips/s, images/s and steps/s, the split of a step
+(tokenizer, forward+backward, optimizer), and with a known peak the model FLOP utilisation:
+FLOPs of one step counted with torch.utils.flop_counter (the trained network's forward and
+backward = "model"; plus the tokenizer's forward = "all") over peak x step time.
+
+    python benchmarks/train_throughput.py                      # tiny_joint recipe, CPU, fp32 vs bf16
+    python benchmarks/train_throughput.py --device cuda --model swin_b --precisions bf16,fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bevt.config import load_config
+from bevt.masking import build_mask_generator
+from bevt.train.logging import StepTimer
+from bevt.train.loop import train_step
+from bevt.train.optim import build_optimizer
+from bevt.train.tasks import PretrainTask, build_model
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) of the GPUs we report on.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="swin_b etc.: the Swin-B joint recipe with this flavor; default: tiny_joint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated, timed alternately")
+    p.add_argument("--video-batch", type=int, default=None, help="clips per step (default: the recipe's)")
+    p.add_argument("--image-batch", type=int, default=None, help="images per step (default: the recipe's)")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per precision and round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    return p.parse_args(argv)
+
+
+def benchmark_config(args):
+    if args.model is None:
+        recipe, overrides = "tiny_joint", []
+    else:
+        recipe, overrides = "swin_b_joint_in1k_k400", [f"model.name={args.model}"]
+    if args.video_batch:
+        overrides.append(f"data.video_batch_size={args.video_batch}")
+    if args.image_batch:
+        overrides.append(f"data.image_batch_size={args.image_batch}")
+    overrides.append(f"model.use_checkpoint={args.grad_checkpointing}")
+    return load_config(recipe, overrides)
+
+
+def random_tokenizer(cfg):
+    """Untrained weights of the recipe's kind of tokenizer: DALL-E's dVAE for the paper recipes."""
+    if cfg.model.name == "debug":
+        from bevt.tokenizers.vq import VQTokenizer
+
+        return VQTokenizer(width=8, codebook_size=32).eval().requires_grad_(False)
+    from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
+
+    return DalleTokenizer(DalleEncoder())
+
+
+class RepeatedBatch:
+    """The same batch every step (data loading is not what is measured)."""
+
+    batches_per_epoch = 1
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __next__(self):
+        return self.batch
+
+
+def random_streams(cfg, device):
+    data, masking = cfg.data, cfg.masking
+    grid = (data.size // 16, data.size // 16)
+    images = build_mask_generator("blockwise", grid, ratio=masking.ratio, min_cells=masking.min_cells)
+    clips = build_mask_generator(masking.video, (data.frames // 2, *grid), ratio=masking.ratio,
+                                 min_cells=masking.min_cells, tube_length=masking.tube_length)
+    b, n, t, s = data.image_batch_size, data.video_batch_size, data.frames, data.size
+    return {
+        "image": RepeatedBatch({
+            "image": torch.randn(b, 3, s, s, device=device),
+            "image_tok": torch.rand(b, 3, s // 2, s // 2, device=device),
+            "mask": torch.stack([images() for _ in range(b)]).to(device),
+        }),
+        "video": RepeatedBatch({
+            "video": torch.randn(n, 3, t, s, s, device=device),
+            "video_tok": torch.rand(n, 3, t, s // 2, s // 2, device=device),
+            "mask": torch.stack([clips() for _ in range(n)]).to(device),
+        }),
+    }
+
+
+def count_flops(model, task, precision, device):
+    """FLOPs of one step: the trained network forward + backward, and the tokenizer forward."""
+    batch = task.next_batch()
+    with FlopCounterMode(display=False) as counter:
+        from bevt.train.loop import autocast
+
+        with autocast(precision, device):
+            out = task.forward(model, batch)
+        out["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    total = counter.get_total_flops()
+    with FlopCounterMode(display=False) as tokenizer_counter:
+        for stream in ("image", "video"):
+            model.target_tokens(batch[stream][f"{stream}_tok"])
+    return total - tokenizer_counter.get_total_flops(), total
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    cfg = benchmark_config(args)
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer=random_tokenizer(cfg)).to(device).train()
+    optimizer = build_optimizer(model, cfg.optim, tuple(len(s.blocks) for s in model.encoder.layers),
+                                fused=device.type == "cuda")
+    task = PretrainTask(cfg, random_streams(cfg, device), device)
+    precisions = args.precisions.split(",")
+    scalers = {p: torch.amp.GradScaler(device.type, enabled=p == "fp16") for p in precisions}
+    timers = {p: StepTimer(device) for p in precisions}
+
+    def run(precision, steps):
+        for _ in range(steps):
+            train_step(model, task, optimizer, scalers[precision], precision, device, 1, cfg.optim.clip_grad,
+                       timers[precision])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for precision in precisions:
+        run(precision, args.warmup)
+        timers[precision].pop()
+    seconds = {p: [] for p in precisions}
+    for _ in range(args.rounds):
+        for precision in precisions:
+            started = time.perf_counter()
+            run(precision, args.steps)
+            seconds[precision].append((time.perf_counter() - started) / args.steps)
+
+    data = cfg.data
+    name = args.model or "tiny_joint (debug)"
+    print(f"{name} joint step on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}: "
+          f"{data.video_batch_size} clips {data.frames}x{data.size}x{data.size} + {data.image_batch_size} images "
+          f"{data.size}x{data.size}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda":
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+    model_flops, all_flops = count_flops(model, task, precisions[0], device)
+    print(f"FLOPs per step: {model_flops / 1e12:.3f} T model (fwd+bwd), {all_flops / 1e12:.3f} T with the tokenizer")
+    reference = statistics.median(seconds[precisions[0]])
+    for precision in precisions:
+        step = statistics.median(seconds[precision])
+        split = {k.removeprefix("time_"): v / (args.rounds * args.steps) for k, v in timers[precision].pop().items()}
+        line = (f"{precision:>5}: {1 / step:7.3f} steps/s  {data.video_batch_size / step:8.2f} clips/s  "
+                f"{data.image_batch_size / step:8.2f} images/s  x{reference / step:.2f} vs {precisions[0]}  | "
+                + "  ".join(f"{k} {1000 * v:.0f} ms" for k, v in split.items()))
+        if peak:
+            line += f"  | MFU {model_flops / step / (peak * 1e12):.1%} (with tokenizer {all_flops / step / (peak * 1e12):.1%})"
+        print(line)
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

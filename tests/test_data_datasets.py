@@ -1,0 +1,189 @@
+"""Annotation formats, malformed lines, skipping unreadable samples, and skip accounting."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bevt.data.datasets import SkipCounter, VideoDataset, collate, load_annotations, write_annotations
+from bevt.data.sampling import IntervalSampler
+from bevt.data.synthetic import write_h264
+from bevt.data.transforms import FinetuneTransform
+from bevt.errors import DataError
+
+
+def tiny_video(path, frames: int = 12, seed: int = 0) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8)
+    write_h264(str(path), pixels)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Formats
+# ----------------------------------------------------------------------------------------------
+
+
+def test_list_file(tmp_path):
+    (tmp_path / "train.txt").write_text("a/x.mp4 3\n\nwith space/y.mp4 0\n")
+    found = load_annotations(str(tmp_path / "train.txt"))
+    assert [(s.path, s.label) for s in found.samples] == [
+        (str(tmp_path / "a/x.mp4"), 3),
+        (str(tmp_path / "with space/y.mp4"), 0),
+    ]
+    assert load_annotations(str(tmp_path / "train.txt"), root="/data").samples[0].path == "/data/a/x.mp4"
+
+
+def test_malformed_list_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "train.txt"
+    bad.write_text("a.mp4 1\nb.mp4 1\nc.mp4 dog\n")
+    with pytest.raises(DataError, match=r"train\.txt:3: expected '<path> <integer label>', got 'c\.mp4 dog'"):
+        load_annotations(str(bad))
+
+
+def test_kinetics_csv_flat_and_label_folders(tmp_path):
+    rows = [("abseiling", "aaa", 10, 20), ("air drumming", "bbb", 0, 10), ("abseiling", "ccc", 5, 15)]
+    with open(tmp_path / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerows([*row, "train"] for row in rows)
+    found = load_annotations(str(tmp_path / "train.csv"))
+    assert found.class_names == ["abseiling", "air drumming"]
+    assert [s.label for s in found.samples] == [0, 1, 0]
+    assert found.samples[0].path == str(tmp_path / "aaa_000010_000020.mp4")
+    (tmp_path / "air_drumming").mkdir()  # class folders, named with underscores by some downloaders
+    assert load_annotations(str(tmp_path / "train.csv")).samples[1].path == str(
+        tmp_path / "air_drumming" / "bbb_000000_000010.mp4"
+    )
+    clean = tmp_path / "clean.csv"
+    write_annotations(found, found.samples[1:], str(clean))
+    assert [s.label for s in load_annotations(str(clean), root=str(tmp_path)).samples] == [1, 0]
+
+
+def test_malformed_kinetics_row(tmp_path):
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\nx,aaa,1,2,train\nx,bbb,oops,2,train\n")
+    with pytest.raises(DataError, match=r"k\.csv:3: time_start/time_end must be numbers"):
+        load_annotations(str(tmp_path / "k.csv"))
+    (tmp_path / "h.csv").write_text("label,id\nx,aaa\n")
+    with pytest.raises(DataError, match=r"h\.csv:1: Kinetics CSV header lacks youtube_id"):
+        load_annotations(str(tmp_path / "h.csv"))
+
+
+def test_ssv2_json(tmp_path):
+    labels = {"Moving something up": "0", "Pushing something from left to right": "1"}
+    entries = [
+        {"id": "7", "label": "pushing a cup from left to right", "template": "Pushing [something] from left to right",
+         "placeholders": ["a cup"]},
+        {"id": "9", "label": "moving a pen up", "template": "Moving [something] up", "placeholders": ["a pen"]},
+    ]
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    found = load_annotations(str(tmp_path / "train.json"), labels=str(tmp_path / "labels.json"))
+    assert [(s.path, s.label) for s in found.samples] == [(str(tmp_path / "7.webm"), 1), (str(tmp_path / "9.webm"), 0)]
+    assert found.class_names == ["Moving something up", "Pushing something from left to right"]
+    unlabelled = load_annotations(str(tmp_path / "train.json"))  # no labels json: usable for pretraining
+    assert [s.label for s in unlabelled.samples] == [-1, -1]
+
+
+def test_malformed_ssv2_entry_and_json(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"Moving something up": "0"}))
+    (tmp_path / "train.json").write_text(json.dumps([{"id": "1", "template": "Moving [something] up"},
+                                                     {"id": "2", "template": "Dancing with [something]"}]))
+    with pytest.raises(DataError, match=r"train\.json: entry 1 \(id 2\): template 'Dancing with something' not in"):
+        load_annotations(str(tmp_path / "train.json"), labels=str(tmp_path / "labels.json"))
+    (tmp_path / "broken.json").write_text('[\n {"id": "1"},\n {"id": 2,,}\n]')
+    with pytest.raises(DataError, match=r"broken\.json:3: invalid JSON"):
+        load_annotations(str(tmp_path / "broken.json"))
+
+
+def test_diving48_json(tmp_path):
+    entries = [{"vid_name": "-mmq0PT-u8k_00155", "label": 12, "start_frame": 0, "end_frame": 184}]
+    (tmp_path / "Diving48_V2_train.json").write_text(json.dumps(entries))
+    found = load_annotations(str(tmp_path / "Diving48_V2_train.json"))
+    assert [(s.path, s.label) for s in found.samples] == [(str(tmp_path / "-mmq0PT-u8k_00155.mp4"), 12)]
+    (tmp_path / "bad.json").write_text(json.dumps(entries + [{"vid_name": "x", "label": "twelve"}]))
+    with pytest.raises(DataError, match=r"bad\.json: entry 1 needs 'vid_name' and an integer 'label'"):
+        load_annotations(str(tmp_path / "bad.json"))
+
+
+def test_class_folders(tmp_path):
+    for name in ("b_class/x.mp4", "a_class/sub/y.webm", "a_class/z.mp4", "a_class/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = load_annotations(str(tmp_path))
+    assert found.class_names == ["a_class", "b_class"]
+    assert [(s.path, s.label) for s in found.samples] == [
+        (str(tmp_path / "a_class/z.mp4"), 0),
+        (str(tmp_path / "a_class/sub/y.webm"), 0),
+        (str(tmp_path / "b_class/x.mp4"), 1),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Skipping
+# ----------------------------------------------------------------------------------------------
+
+
+def broken_set(tmp_path):
+    """good, missing, zero bytes, good: a list file with two unreadable samples."""
+    tiny_video(tmp_path / "good0.mp4", seed=0)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    tiny_video(tmp_path / "good1.mp4", seed=1)
+    (tmp_path / "list.txt").write_text("good0.mp4 0\nmissing.mp4 1\nempty.mp4 2\ngood1.mp4 3\n")
+    return load_annotations(str(tmp_path / "list.txt")).samples
+
+
+def clip_dataset(samples, **kwargs):
+    return VideoDataset(samples, IntervalSampler(4, 2), FinetuneTransform(16, scale=(0.5, 1.0)), seed=0, **kwargs)
+
+
+def test_unreadable_sample_is_replaced_by_the_next_one_and_recorded(tmp_path):
+    dataset = clip_dataset(broken_set(tmp_path))
+    item = dataset[(0, 1)]  # missing -> empty -> good1
+    assert item["index"] == 3 and item["label"] == 3
+    assert item["video"].shape == (3, 4, 16, 16)
+    assert [(path.rsplit("/", 1)[1], reason) for path, reason in item["skipped"]] == [
+        ("missing.mp4", "missing: no such file"),
+        ("empty.mp4", "empty: zero bytes"),
+    ]
+    assert dataset[(0, 0)]["skipped"] == []
+
+
+def test_skips_cross_worker_processes_inside_the_batch(tmp_path):
+    dataset = clip_dataset(broken_set(tmp_path))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    reasons = sorted(reason for batch in batches for _, reason in batch["skipped"])
+    # index 1 skips missing+empty, index 2 skips empty
+    assert reasons == ["empty: zero bytes", "empty: zero bytes", "missing: no such file"]
+    counter = SkipCounter(max_skip_fraction=0.5, min_samples=1000)
+    for batch in batches:
+        counter.update(batch)
+    summary = counter.end_epoch(0, str(tmp_path / "run"))
+    assert summary["skipped"] == 3 and summary["delivered"] == 4
+    written = json.loads((tmp_path / "run" / "skipped_epoch000.json").read_text())
+    assert written["by_kind"] == {"empty": 2, "missing": 1}
+
+
+def test_too_many_unreadable_in_a_row_is_an_error(tmp_path):
+    samples = broken_set(tmp_path)
+    dataset = clip_dataset(samples[1:3] * 3)  # nothing readable at all
+    with pytest.raises(DataError, match="samples in a row could not be read.*bevt data check"):
+        dataset[0]
+
+
+def test_skip_counter_fails_past_the_threshold():
+    counter = SkipCounter(max_skip_fraction=0.1, min_samples=10)
+    good = {"index": torch.arange(8), "skipped": []}
+    counter.update(good)  # 8 attempted: below min_samples, nothing checked yet
+    with pytest.raises(DataError, match=r"2 of 10 samples this epoch could not be read \(20\.0% > "
+                                         r"data\.max_skip_fraction=10\.0%\): 2 missing"):
+        counter.update({"index": torch.arange(0), "skipped": [("a.mp4", "missing: no such file")] * 2})
+    lenient = SkipCounter(max_skip_fraction=0.5, min_samples=100)
+    lenient.update({"index": torch.arange(3), "skipped": [("a.mp4", "truncated: x")]})
+    assert lenient.end_epoch(0)["fraction"] == 0.25
+    lenient.update({"index": torch.arange(1), "skipped": [("a.mp4", "truncated: x")] * 3})
+    with pytest.raises(DataError):  # checked at the end of every epoch, whatever min_samples
+        lenient.end_epoch(1)

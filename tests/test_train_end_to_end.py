@@ -1,0 +1,148 @@
+"""Whole runs on the tiny CPU recipes and the built-in synthetic benchmark.
+
+- the chain: stage 1 -> stage 2 (inflated from stage 1) -> finetune -> evaluate with the temporal
+  test -> predict on an mp4;
+- exact resume: runs killed with SIGKILL (inside a checkpoint write, then at a random step) and
+  resumed with `--resume auto` end bitwise equal to an uninterrupted run;
+- DDP: 2 gloo processes reach the weights of 1 process with the same global batch.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bevt.cli import main
+from bevt.config import load_config
+from bevt.convert import inflate_patch_embed
+from bevt.data.synthetic import make_synthetic_benchmark
+from bevt.tokenizers.vq import train_vq_tokenizer
+from bevt.train.checkpoint import KILL_IN_SAVE_ENV, complete_checkpoints, read_weights
+from bevt.train.logging import read_metrics
+from bevt.train.main import read_init_weights
+from bevt.train.tasks import PretrainTask, build_model
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory):
+    """The synthetic benchmark at 64 px (16-frame clips) and a VQ tokenizer, made once per session."""
+    root = tmp_path_factory.mktemp("bench")
+    paths = make_synthetic_benchmark(str(root), size=64, frames=16, images_per_class=4, val_images_per_class=1,
+                                     videos_per_class=3, val_videos_per_class=2)
+    tokenizer = root / "tokenizer"
+    train_vq_tokenizer(paths["images_train"], tokenizer, size=32, width=8, codebook_size=32, steps=3, batch_size=8,
+                       progress=False)
+    paths["tokenizer"] = str(tokenizer)
+    return paths
+
+
+def pretrain_overrides(bench, out):
+    return [f"tokenizer.path={bench['tokenizer']}", f"data.images={bench['images_train']}",
+            f"data.train={bench['spatial_train']}", f"run.out={out}"]
+
+
+def finetune_overrides(bench, out):
+    return [f"data.train={bench['temporal_train']}", f"data.val={bench['temporal_val']}",
+            f"data.labels={bench['temporal_classes']}", f"run.out={out}"]
+
+
+def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
+    stage1, stage2, finetuned = tmp_path / "stage1", tmp_path / "stage2", tmp_path / "finetune"
+    assert main(["pretrain", "--config", "tiny_image", *pretrain_overrides(bench, stage1), "optim.epochs=1"]) == 0
+    assert main(["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, stage2), f"run.init_from={stage1}",
+                 "optim.epochs=0.5", "optim.warmup_epochs=0.2"]) == 0
+    assert main(["finetune", "--config", "tiny_finetune", *finetune_overrides(bench, finetuned),
+                 f"run.init_from={stage2}", "optim.epochs=1"]) == 0
+    joint_metrics = read_metrics(stage2)
+    assert {"loss_image", "loss_video", "acc_image", "acc_video", "clips_per_s", "images_per_s",
+            "time_data", "time_tokenizer", "time_forward_backward", "time_optimizer"} <= set(joint_metrics[-1])
+    assert (stage2 / "config.yaml").is_file() and (stage2 / "tensorboard").is_dir()
+
+    capsys.readouterr()
+    assert main(["evaluate", "--config", "tiny_finetune", *finetune_overrides(bench, finetuned),
+                 "--checkpoint", str(finetuned), "--temporal-test", "--out", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["results"]) == {"normal", "single_frame", "shuffled"}
+    assert results["videos"] == 12 and "| Single-frame |" in (tmp_path / "eval" / "results.md").read_text()
+
+    video = os.path.join(os.path.dirname(bench["temporal_val"]), "val_00000.mp4")
+    capsys.readouterr()
+    assert main(["predict", video, "--checkpoint", str(finetuned), "--json"]) == 0
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert len(prediction["top"]) == 5
+    assert prediction["top"][0]["probability"] >= prediction["top"][-1]["probability"]
+    class_names = open(bench["temporal_classes"]).read().split()
+    assert {entry["label"] for entry in prediction["top"]} <= set(class_names)
+
+    # stage 2 started from stage 1 inflated: the video patch embedding is the 2D one over 2 frames
+    cfg = load_config("tiny_joint", [*pretrain_overrides(bench, tmp_path / "x"), f"run.init_from={stage1}"])
+    model = build_model(cfg)
+    PretrainTask(cfg, {}, torch.device("cpu")).init_weights(model, *read_init_weights(str(stage1)))
+    image_embed = read_weights(complete_checkpoints(stage1)[-1])["encoder.patch_embed_2d.proj.weight"]
+    assert torch.equal(model.encoder.patch_embed.proj.weight, inflate_patch_embed(image_embed))
+
+
+def _bevt(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "bevt", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _final_weights(run_dir):
+    return load_file(complete_checkpoints(run_dir)[-1] / "model.safetensors")
+
+
+def test_resume_after_sigkill_is_bitwise_exact(bench, tmp_path):
+    """6 steps of 2 clips + 8 images, a checkpoint every 2; the image loader wraps around at step 5."""
+    def args(out):
+        return ["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, out), "run.init_from=null",
+                "data.frames=4", "data.interval=4", "data.video_batch_size=2", "optim.epochs=0.5",
+                "optim.warmup_epochs=0.2", "run.checkpoint_every=2", "run.log_every=1", "--resume", "auto"]
+
+    reference = _bevt(args(tmp_path / "reference"))
+    assert reference.wait() == 0, reference.stderr.read()
+
+    run = tmp_path / "killed"
+    first = _bevt(args(run), env={KILL_IN_SAVE_ENV: "4"})  # dies inside the save of step 4
+    assert first.wait() == -signal.SIGKILL
+    assert [p.name for p in complete_checkpoints(run)] == ["step_0000002"]
+    assert (run / "checkpoints" / "step_0000004.tmp").is_dir()
+
+    kill_after = random.randint(3, 5)
+    second = _bevt(args(run))
+    while second.poll() is None and not any(m["step"] >= kill_after for m in read_metrics(run)):
+        time.sleep(0.02)
+    second.send_signal(signal.SIGKILL)
+    assert second.wait() == -signal.SIGKILL, f"the run ended before the kill after step {kill_after}"
+
+    last = _bevt(args(run))
+    assert last.wait() == 0, last.stderr.read()
+    expected, got = _final_weights(tmp_path / "reference"), _final_weights(run)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), f"killed after step {kill_after}"
+    losses = [(m["step"], m["loss"]) for m in read_metrics(run)]
+    assert losses == [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "reference")]
+
+
+def test_ddp_two_processes_match_one(bench, tmp_path):
+    """Same global batch (4 clips = 2 ranks x 2), no dropout: 3 steps give the same weights."""
+    common = ["finetune", "--config", "tiny_finetune", "run.init_from=null", "model.drop_path_rate=0",
+              "optim.epochs=0.75", "optim.warmup_epochs=0.5", "run.seed=3"]
+    single = _bevt([*common, *finetune_overrides(bench, tmp_path / "one"), "data.video_batch_size=4"])
+    assert single.wait() == 0, single.stderr.read()
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bevt",
+         *common, *finetune_overrides(bench, tmp_path / "two"), "data.video_batch_size=2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ddp.returncode == 0, ddp.stderr
+    one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    assert [p.name for p in complete_checkpoints(tmp_path / "two")] == ["step_0000003"]
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
