@@ -5,8 +5,10 @@ Both get the same random weights (the package's init, converted to our names) an
 it prints frames/s, the speed relative to the package in fp32, and the share of tokens equal to
 the fp32 tokens. Without the `dall_e` package only bevt's rows are measured (noted in the output).
 
-    python benchmarks/tokenizer.py --device cpu --frames 8 --batch 4
-    python benchmarks/tokenizer.py --device cuda --frames 512 --batch 128
+    python benchmarks/tokenizer.py --device cpu --frames 4 --batch 2 --repeats 1
+    python benchmarks/tokenizer.py --device cuda --frames 512 --batch 128 --repeats 3 --compile
+
+Use a frame count that is a multiple of the batch (one input shape, so compile runs once).
 
 On CUDA the package's convs run in fp16 by default (its `use_float16`); its fp32 row switches that
 off, its "as shipped" row keeps it. Convolutions may use TF32 in every fp32 row (PyTorch's cuDNN
@@ -38,7 +40,7 @@ def synchronize(device: torch.device) -> None:
 
 def measure(encode, frames: torch.Tensor, batch: int, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
     """-> (frames/s of the best of `repeats` passes over all frames, ids of the last pass)."""
-    encode(frames[:batch].to(device))  # warm-up: cuDNN / oneDNN algorithm choice
+    encode(frames[:batch].to(device))  # warm-up: cuDNN / oneDNN algorithm choice, torch.compile
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="dVAE width (256 = the released model)")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row (compiles during warm-up)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,10 +92,10 @@ def main() -> None:
         torch.manual_seed(0)
         state = DalleEncoder(args.hidden, 2, args.vocab).state_dict()
 
-    def ours(precision: str, channels_last: bool):
+    def ours(precision: str, channels_last: bool, compile: bool = False):
         encoder = DalleEncoder(args.hidden, 2, args.vocab)
         encoder.load_state_dict(state)
-        return DalleTokenizer(encoder, precision=precision, channels_last=channels_last).to(device).encode
+        return DalleTokenizer(encoder, precision=precision, channels_last=channels_last, compile=compile).to(device).encode
 
     rows = []  # (name, callable)
     if reference is not None:
@@ -107,6 +110,9 @@ def main() -> None:
         rows.append(("bevt, bf16 + channels_last", ours("bf16", True)))
     if device.type == "cuda":
         rows.append(("bevt, fp16 + channels_last", ours("fp16", True)))
+    if args.compile:
+        fastest = "fp16" if device.type == "cuda" else "bf16"
+        rows.append((f"bevt, {fastest} + channels_last + compile", ours(fastest, True, compile=True)))
 
     results = []
     for name, encode in rows:

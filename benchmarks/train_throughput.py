@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bevt.config import load_config
 from bevt.masking import build_mask_generator
 from bevt.train.logging import StepTimer
-from bevt.train.loop import train_step
+from bevt.train.loop import autocast, train_step
 from bevt.train.optim import build_optimizer
 from bevt.train.tasks import PretrainTask, build_model
 
@@ -108,8 +108,6 @@ def count_flops(model, task, precision, device):
     """FLOPs of one step: the trained network forward + backward, and the tokenizer forward."""
     batch = task.next_batch()
     with FlopCounterMode(display=False) as counter:
-        from bevt.train.loop import autocast
-
         with autocast(precision, device):
             out = task.forward(model, batch)
         out["loss"].backward()
@@ -160,7 +158,7 @@ def main(argv=None):
     if peak is None and device.type == "cuda":
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
     model_flops, all_flops = count_flops(model, task, precisions[0], device)
-    print(f"FLOPs per step: {model_flops / 1e12:.3f} T model (fwd+bwd), {all_flops / 1e12:.3f} T with the tokenizer")
+    print(f"FLOPs per step: {model_flops / 1e9:.1f} G model (fwd+bwd), {all_flops / 1e9:.1f} G with the tokenizer")
     reference = statistics.median(seconds[precisions[0]])
     for precision in precisions:
         step = statistics.median(seconds[precision])

@@ -59,6 +59,10 @@ def test_reuse_and_refusing_foreign_folders(tmp_path):
     assert (tmp_path / "bench" / "benchmark.json").stat().st_mtime_ns == stamp
     small_benchmark(tmp_path / "bench", videos_per_class=1)  # new parameters: old files do not linger
     assert len(load_annotations(paths["spatial_train_folder"]).samples) == 8
+    manifest = json.loads(open(paths["manifest"]).read())
+    (tmp_path / "bench" / "benchmark.json").write_text(json.dumps({**manifest, "complete": False}))
+    small_benchmark(tmp_path / "bench", videos_per_class=1)  # an interrupted run is redone, not reused
+    assert json.loads(open(paths["manifest"]).read())["complete"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     with pytest.raises(DataError, match="not empty and holds no synthetic benchmark"):

@@ -273,6 +273,8 @@ def _jobs(part: str, split: str, per_class: int, class_names: list[str]) -> list
 
 @dataclass(frozen=True)
 class SynthParams:
+    """Everything the benchmark's content depends on (stored in benchmark.json)."""
+
     seed: int = 0
     size: int = 64
     frames: int = 16
@@ -308,13 +310,16 @@ def make_synthetic_benchmark(
     paths = benchmark_paths(out_dir)
     if os.path.exists(paths["manifest"]):
         with open(paths["manifest"], encoding="utf-8") as handle:
-            if reuse and json.load(handle).get("params") == asdict(params):
-                return paths
-        for part in _PARTS:  # an older benchmark: drop its files so class folders hold no strays
+            old = json.load(handle)
+        if reuse and old.get("complete") and old.get("params") == asdict(params):
+            return paths
+        for part in _PARTS:  # an older or unfinished benchmark: drop its files so no strays remain
             shutil.rmtree(os.path.join(out_dir, part), ignore_errors=True)
-        os.remove(paths["manifest"])
     elif os.path.isdir(out_dir) and os.listdir(out_dir):
         raise DataError(f"{out_dir} is not empty and holds no synthetic benchmark; choose an empty or new folder")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(paths["manifest"], "w", encoding="utf-8") as handle:  # claims the folder, marks it unfinished
+        json.dump({"params": asdict(params), "complete": False}, handle)
     image_names = [name for name, *_ in APPEARANCE_CLASSES]
     temporal_names = [name for name, _ in TEMPORAL_CLASSES]
     jobs = {
@@ -344,13 +349,14 @@ def make_synthetic_benchmark(
     clips = sum(n for name, n in counts.items() if not name.startswith("images"))
     manifest = {
         "params": asdict(params),
+        "complete": True,
         "counts": counts,
         "workers": workers,
         "seconds": {part: round(t, 2) for part, t in seconds.items()},
         "images_per_second": _rate(counts["images_train"] + counts["images_val"], seconds["images"]),
         "clips_per_second": _rate(clips, seconds["spatial"] + seconds["temporal"]),
     }
-    with open(paths["manifest"], "w", encoding="utf-8") as handle:  # written last: marks a complete set
+    with open(paths["manifest"], "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1)
     return paths
 

@@ -207,7 +207,7 @@ class _CpuAttentionWithMaskGrad(torch.autograd.Function):
         mask = attn_mask[0]
         row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        grad_mask = torch.zeros(mask.shape, dtype=torch.float32)
+        grad_mask = torch.zeros(mask.shape, dtype=torch.promote_types(mask.dtype, torch.float32))
         step = max(1, CACHE_FRIENDLY_FLOATS // (n * n))
         for i in range(batch):
             for h in range(0, heads, step):

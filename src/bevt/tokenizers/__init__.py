@@ -8,13 +8,16 @@ from bevt.errors import CheckpointError
 from bevt.tokenizers.base import Tokenizer, read_tokenizer_json
 
 
-def load_tokenizer(path_or_dir: str | Path) -> Tokenizer:
-    """Load a saved tokenizer (a directory with tokenizer.json, or that file) in eval mode."""
+def load_tokenizer(path_or_dir: str | Path, **options) -> Tokenizer:
+    """Load a saved tokenizer (a directory with tokenizer.json, or that file) in eval mode.
+
+    `options` go to the DALL-E tokenizer (precision="fp16", channels_last=True, compile=True).
+    """
     spec = read_tokenizer_json(path_or_dir)
     if spec["kind"] == "dalle":
         from bevt.tokenizers.dalle import DalleTokenizer
 
-        return DalleTokenizer.from_dir(spec["directory"])
+        return DalleTokenizer.from_dir(spec["directory"], **options)
     if spec["kind"] == "vq":
         from bevt.tokenizers.vq import VQTokenizer
 

@@ -76,11 +76,8 @@ def dry_run(cfg: Config) -> None:
     device = pick_device(cfg.run.device)
     _check_precision(cfg, device)
     tokenizer = None
-    if cfg.task == "pretrain" and not Path(cfg.tokenizer.path).exists():
-        from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
-
-        with torch.device("meta"):
-            tokenizer = DalleTokenizer(DalleEncoder())  # stand-in with the paper's 8192 codes until the real one exists
+    if cfg.task == "pretrain":
+        tokenizer = _tokenizer_or_stand_in(cfg.tokenizer.path)
     with torch.device("meta"):
         model = build_model(cfg, tokenizer=tokenizer)
         optimizer = build_optimizer(model, cfg.optim, encoder_depths(model))
@@ -98,6 +95,19 @@ def dry_run(cfg: Config) -> None:
     print(f"schedule: {schedule.total_steps} optimizer steps ({schedule.steps_per_epoch} per epoch x "
           f"{cfg.optim.epochs:g} epochs on {world_size} process(es)), {schedule.warmup_steps} warm-up")
     print(f"dry run ok: all inputs found; a run would write to {cfg.run.out}")
+
+
+def _tokenizer_or_stand_in(path: str):
+    """The configured tokenizer, or (while it does not exist) an untrained DALL-E dVAE on the meta
+    device with the paper's 8192 codes, so the pretrainer's token head has its real size."""
+    if Path(path).exists():
+        from bevt.tokenizers import load_tokenizer
+
+        return load_tokenizer(path)
+    from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
+
+    with torch.device("meta"):
+        return DalleTokenizer(DalleEncoder())
 
 
 def read_init_weights(path: str) -> tuple[dict[str, torch.Tensor], Config | None]:
