@@ -86,5 +86,5 @@ def test_paper_recipes_dry_run(name, capsys, tmp_path, monkeypatch):
     assert "M trainable parameters" in captured.out
     error = captured.err.strip()
     assert "\n" not in error and "Traceback" not in error
-    assert error.startswith(f"bevt {verb}: error: dry run: config, model, optimizer and schedule are valid")
+    assert error.startswith(f"bevt {verb}: error: dry run: config, model and optimizer are valid")
     assert f"data.train={cfg.data.train}" in error or f"data.images={cfg.data.images}" in error

@@ -121,7 +121,7 @@ def test_phase_runner_reuses_finished_phases_for_the_same_settings(tmp_path, cap
 
 
 TINY = demo.DemoScale(
-    size=64, frames=8, images_per_class=4, videos_per_class=1, val_videos_per_class=1,
+    size=64, frames=8, images_per_class=4, videos_per_class=2, val_videos_per_class=1,
     tokenizer_steps=5, codebook_size=32, pretrain_epochs={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_epochs=1,
 )
 

@@ -4,7 +4,7 @@
   test -> predict on an mp4;
 - exact resume: runs killed with SIGKILL (inside a checkpoint write, then at a random step) and
   resumed with `--resume auto` end bitwise equal to an uninterrupted run;
-- DDP: 2 gloo processes reach the weights of 1 process with the same global batch.
+- DDP and FSDP: 2 gloo processes reach the weights of 1 process with the same global batch.
 """
 
 import json
@@ -55,6 +55,9 @@ def finetune_overrides(bench, out):
 
 def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     stage1, stage2, finetuned = tmp_path / "stage1", tmp_path / "stage2", tmp_path / "finetune"
+    assert main(["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, stage2), "run.init_from=null",
+                 "--dry-run"]) == 0
+    assert "dry run ok" in capsys.readouterr().out
     assert main(["pretrain", "--config", "tiny_image", *pretrain_overrides(bench, stage1), "optim.epochs=1"]) == 0
     assert main(["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, stage2), f"run.init_from={stage1}",
                  "optim.epochs=0.5", "optim.warmup_epochs=0.2"]) == 0
@@ -130,19 +133,22 @@ def test_resume_after_sigkill_is_bitwise_exact(bench, tmp_path):
     assert losses == [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "reference")]
 
 
-def test_ddp_two_processes_match_one(bench, tmp_path):
+def test_ddp_and_fsdp_two_processes_match_one(bench, tmp_path):
     """Same global batch (4 clips = 2 ranks x 2), no dropout: 3 steps give the same weights."""
     common = ["finetune", "--config", "tiny_finetune", "run.init_from=null", "model.drop_path_rate=0",
               "optim.epochs=0.75", "optim.warmup_epochs=0.5", "run.seed=3"]
     single = _bevt([*common, *finetune_overrides(bench, tmp_path / "one"), "data.video_batch_size=4"])
     assert single.wait() == 0, single.stderr.read()
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bevt",
-         *common, *finetune_overrides(bench, tmp_path / "two"), "data.video_batch_size=2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert ddp.returncode == 0, ddp.stderr
-    one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
-    assert [p.name for p in complete_checkpoints(tmp_path / "two")] == ["step_0000003"]
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    one = _final_weights(tmp_path / "one")
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path / parallel
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bevt",
+             *common, *finetune_overrides(bench, out), "data.video_batch_size=2", f"run.parallel={parallel}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert run.returncode == 0, run.stderr
+        assert [p.name for p in complete_checkpoints(out)] == ["step_0000003"]
+        two = _final_weights(out)
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{parallel}: {name}")

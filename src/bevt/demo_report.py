@@ -334,7 +334,8 @@ def _finetuning_fit(results: dict) -> str:
 
 def write_report(results: dict, out_dir: Path) -> Path:
     """DIR/report.md (figures next to it, referenced by relative path)."""
-    figures = "\n\n".join(f"![{caption}]({name})\n\n*{caption}*" for name, caption in results["figures"].items())
+    figures = "\n\n".join(f"![{name.removesuffix('.png').replace('_', ' ')}]({name})\n\n*{caption}*"
+                            for name, caption in results["figures"].items())
     command = "bevt demo" + (" --quick" if results["quick"] else "") + f" --seed {results['seed']}"
     text = f"""# BEVT in miniature: the paper's Tables 1 and 2 on the built-in synthetic benchmark
 

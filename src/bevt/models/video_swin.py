@@ -43,13 +43,13 @@ def clip_window(size, window, shift):
 def _offset_rows(offsets, table_window):
     """Row of a (2t-1)(2h-1)(2w-1)-row bias table for relative offsets (..., 3), (t,h,w)-major."""
     t, h, w = table_window
-    shifted = offsets + torch.tensor([t - 1, h - 1, w - 1])
+    shifted = offsets + torch.tensor([t - 1, h - 1, w - 1], device="cpu")
     return (shifted[..., 0] * (2 * h - 1) + shifted[..., 1]) * (2 * w - 1) + shifted[..., 2]
 
 
 def _window_coords(window):
     """(N, 3) integer (t,h,w) coordinates of the tokens of a window, row-major."""
-    grids = torch.meshgrid(*(torch.arange(n) for n in window), indexing="ij")
+    grids = torch.meshgrid(*(torch.arange(n, device="cpu") for n in window), indexing="ij")
     return torch.stack(grids, -1).reshape(-1, 3)
 
 
@@ -77,15 +77,15 @@ def shift_window_mask(padded_size, window, shift, device):
     tokens attend only to tokens of their own region.
     """
     with torch.inference_mode(False):
-        labels = torch.zeros(padded_size, dtype=torch.long)
+        labels = torch.zeros(padded_size, dtype=torch.long, device="cpu")
         for axis, (size, w, s) in enumerate(zip(padded_size, window, shift)):
-            region = torch.zeros(size, dtype=torch.long)
+            region = torch.zeros(size, dtype=torch.long, device="cpu")
             region[size - w : size - s] = 1
             region[size - s :] = 2
             labels = labels * 3 + region.view([-1 if a == axis else 1 for a in range(3)])
         windows = window_partition(labels[None, ..., None], window)[0, ..., 0]  # (nW, N)
         different = windows[:, :, None] != windows[:, None, :]
-        mask = torch.zeros(different.shape).masked_fill_(different, SHIFT_MASK_VALUE)
+        mask = torch.zeros(different.shape, device="cpu").masked_fill_(different, SHIFT_MASK_VALUE)
         return mask.unsqueeze(1).to(device)
 
 
@@ -180,9 +180,9 @@ class WindowAttention(nn.Module):
 def window_attention(q, k, v, attn_mask):
     """softmax(q k^T / sqrt(d) + attn_mask) v for (B,H,N,d) inputs and a (1,H,N,N) mask.
 
-    `scaled_dot_product_attention` everywhere. On CPU its fused kernel cannot return the mask
-    gradient, so SDPA would fall back to its slow unfused path whenever the bias table trains;
-    `_CpuAttentionWithMaskGrad` keeps the fused forward and writes the backward itself.
+    `scaled_dot_product_attention` everywhere but in CPU training: SDPA's fused CPU kernel
+    cannot return the mask gradient, so SDPA would take its slow unfused path whenever the bias
+    table trains; `_CpuAttentionWithMaskGrad` runs that fused kernel and writes the backward.
     """
     if q.device.type == "cpu" and attn_mask.requires_grad and torch.is_grad_enabled():
         return _CpuAttentionWithMaskGrad.apply(q, k, v, attn_mask)
@@ -190,36 +190,40 @@ def window_attention(q, k, v, attn_mask):
 
 
 class _CpuAttentionWithMaskGrad(torch.autograd.Function):
-    """Fused SDPA forward; backward recomputes the probabilities a few (sample, head) slices at a
-    time, so the (N,N) temporaries stay in cache and nothing (N,N)-sized is kept from forward."""
+    """SDPA's fused CPU forward (which also returns the softmax log-normaliser); the backward
+    recomputes the probabilities a few (sample, head) slices at a time, so the (N,N) temporaries
+    stay in cache and nothing (N,N)-sized is kept between forward and backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, attn_mask):
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.detach())
-        ctx.save_for_backward(q, k, v, attn_mask, out)
+        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=attn_mask)
+        ctx.save_for_backward(q, k, v, attn_mask, out, logsumexp)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, attn_mask, out = ctx.saved_tensors
+        q, k, v, attn_mask, out, logsumexp = ctx.saved_tensors
         batch, heads, n, d = q.shape
         scale = d**-0.5
         mask = attn_mask[0]
         row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_mask = torch.zeros(mask.shape, dtype=torch.promote_types(mask.dtype, torch.float32))
-        step = max(1, CACHE_FRIENDLY_FLOATS // (n * n))
-        for i in range(batch):
-            for h in range(0, heads, step):
-                s = slice(h, h + step)
-                q_scaled = q[i, s] * scale
-                probs = torch.softmax(torch.matmul(q_scaled, k[i, s].transpose(-2, -1)).add_(mask[s]), -1)
-                torch.matmul(probs.transpose(-2, -1), grad_out[i, s], out=grad_v[i, s])
-                # d(scores) = P * (dP - rowsum(dO * O)), also the mask gradient of this slice
-                grad_scores = torch.matmul(grad_out[i, s], v[i, s].transpose(-2, -1)).sub_(row_dot[i, s]).mul_(probs)
-                grad_mask[s] += grad_scores
-                torch.matmul(grad_scores, k[i, s], out=grad_q[i, s]).mul_(scale)
-                torch.matmul(grad_scores.transpose(-2, -1), q_scaled, out=grad_k[i, s])
+        slices = max(1, CACHE_FRIENDLY_FLOATS // (n * n))  # (sample, head) pairs per step
+        head_step, batch_step = min(heads, slices), max(1, slices // heads)
+        for b0 in range(0, batch, batch_step):
+            for h0 in range(0, heads, head_step):
+                bs, hs = slice(b0, b0 + batch_step), slice(h0, h0 + head_step)
+                q_scaled = q[bs, hs] * scale
+                scores = torch.matmul(q_scaled, k[bs, hs].transpose(-2, -1)).add_(mask[hs])
+                probs = scores.sub_(logsumexp[bs, hs].unsqueeze(-1)).exp_()  # the forward's softmax
+                torch.matmul(probs.transpose(-2, -1), grad_out[bs, hs], out=grad_v[bs, hs])
+                # d(scores) = P * (dP - rowsum(dO * O)); summed over samples, the mask gradient
+                grad_scores = torch.matmul(grad_out[bs, hs], v[bs, hs].transpose(-2, -1))
+                grad_scores = grad_scores.sub_(row_dot[bs, hs]).mul_(probs)
+                grad_mask[hs] += grad_scores.sum(0)
+                torch.matmul(grad_scores, k[bs, hs], out=grad_q[bs, hs]).mul_(scale)
+                torch.matmul(grad_scores.transpose(-2, -1), q_scaled, out=grad_k[bs, hs])
         return grad_q, grad_k, grad_v, grad_mask.unsqueeze(0).to(attn_mask.dtype)
 
 
@@ -308,7 +312,8 @@ class VideoSwinEncoder(nn.Module):
         self.patch_embed = PatchEmbed(VIDEO_PATCH, embed_dim)
         self.patch_embed_2d = PatchEmbed(IMAGE_PATCH, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth decay rule
+        blocks = sum(depths)  # stochastic depth grows linearly from 0 to drop_path_rate
+        rates = [drop_path_rate * i / max(1, blocks - 1) for i in range(blocks)]
         self.layers = nn.ModuleList(
             SwinStage(
                 embed_dim * 2**i, depth, num_heads[i], window_size, mlp_ratio,

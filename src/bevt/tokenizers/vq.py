@@ -192,7 +192,6 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
-@torch.no_grad()
 def evaluate_vq(tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 64) -> dict:
     """Reconstruction PSNR and codebook usage on uint8 images (N, 3, h, w)."""
     psnrs, counts = [], torch.zeros(tokenizer.vocab_size)

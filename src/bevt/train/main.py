@@ -59,7 +59,7 @@ def missing_inputs(cfg: Config, resuming: bool = False) -> list[str]:
             if not Path(path).exists() and not (resuming and key == "run.init_from")]
 
 
-def _check_precision(cfg: Config, device: torch.device) -> None:
+def _check_run_options(cfg: Config, device: torch.device) -> None:
     if cfg.run.precision == "fp16" and device.type != "cuda":
         raise ConfigError("run.precision='fp16': fp16 with a grad scaler needs a GPU; use bf16 or fp32 on CPU")
     if cfg.optim.ema and cfg.run.parallel == "fsdp":
@@ -74,7 +74,7 @@ def dry_run(cfg: Config) -> None:
     """Build model, optimizer and schedule on the meta device (no memory, no init), then fail
     with one DataError naming every missing input, or print what a run would do."""
     device = pick_device(cfg.run.device)
-    _check_precision(cfg, device)
+    _check_run_options(cfg, device)
     tokenizer = None
     if cfg.task == "pretrain":
         tokenizer = _tokenizer_or_stand_in(cfg.tokenizer.path)
@@ -87,7 +87,8 @@ def dry_run(cfg: Config) -> None:
     missing = missing_inputs(cfg)
     if missing:
         raise DataError(
-            f"dry run: config, model, optimizer and schedule are valid, but inputs are missing: {', '.join(missing)}"
+            f"dry run: config, model and optimizer are valid (the schedule follows from the data), "
+            f"but inputs are missing: {', '.join(missing)}"
         )
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     task = make_task(cfg, rank=0, world_size=world_size, device=device)
@@ -138,8 +139,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
 
 
 def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
-    _check_precision(cfg, env.device)
-    seed_everything(cfg.run.seed, env.rank)
+    _check_run_options(cfg, env.device)
+    seed_everything(cfg.run.seed, rank=0)  # the same initial weights on every rank (FSDP shards them as they are)
     run_dir = Path(cfg.run.out)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,10 +155,12 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     elif cfg.run.init_from is not None:
         state, source_cfg = read_init_weights(cfg.run.init_from)
         task.init_weights(model, state, source_cfg)
-    optimizer = build_optimizer(model, cfg.optim, encoder_depths(model), fused=env.device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
     model = wrap_model(model, env, cfg.run.parallel)
+    # after wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold
+    optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type == "cuda")
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.run.precision == "fp16")
+    seed_everything(cfg.run.seed, env.rank)  # from here on ranks draw different dropout / drop-path noise
     state = {"step": 0}
     if start is not None:
         _restore(start, env, model, optimizer, scaler, ema, task, state)
