@@ -3,8 +3,9 @@
 Runs the training loop's own `train_step` (forward, backward, clipping, AdamW) of the joint
 pretrainer on random tensors shaped like the loaders' batches, with masks from the real
 generators and a tokenizer with random weights: no video decoding, no datasets, so it runs on a
-bare GPU machine without PyAV. Reports clips/s, images/s and steps/s, the split of a step
-(tokenizer, forward+backward, optimizer), and with a known peak the model FLOP utilisation:
+bare GPU machine without PyAV. Reports clips/s, images/s and steps/s (median of the rounds), the
+share of a step spent in the tokenizer, the forward+backward pass and the optimizer, and with a
+known peak the model FLOP utilisation:
 FLOPs of one step counted with torch.utils.flop_counter (the trained network's forward and
 backward = "model"; plus the tokenizer's forward = "all") over peak x step time.
 
@@ -162,10 +163,10 @@ def main(argv=None):
     reference = statistics.median(seconds[precisions[0]])
     for precision in precisions:
         step = statistics.median(seconds[precision])
-        split = {k.removeprefix("time_"): v / (args.rounds * args.steps) for k, v in timers[precision].pop().items()}
+        split = {k.removeprefix("time_"): v for k, v in timers[precision].pop().items() if k != "time_data"}
         line = (f"{precision:>5}: {1 / step:7.3f} steps/s  {data.video_batch_size / step:8.2f} clips/s  "
                 f"{data.image_batch_size / step:8.2f} images/s  x{reference / step:.2f} vs {precisions[0]}  | "
-                + "  ".join(f"{k} {1000 * v:.0f} ms" for k, v in split.items()))
+                + "  ".join(f"{k} {v / sum(split.values()):.0%}" for k, v in split.items()))
         if peak:
             line += f"  | MFU {model_flops / step / (peak * 1e12):.1%} (with tokenizer {all_flops / step / (peak * 1e12):.1%})"
         print(line)

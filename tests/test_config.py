@@ -59,6 +59,11 @@ def test_bad_values_name_the_key(override, message):
     assert message in str(err.value)
 
 
+def test_mixup_needs_even_batches():
+    with pytest.raises(ConfigError, match="data.video_batch_size: must be even with mixup"):
+        load_config("tiny_finetune", ["finetune.mixup=0.8", "data.video_batch_size=3"])
+
+
 def test_unknown_recipe_suggests_the_nearest():
     with pytest.raises(ConfigError, match="did you mean 'tiny_joint'"):
         load_config("tiny_jiont")

@@ -210,6 +210,9 @@ class Config:
             _check(getattr(getattr(self, section), name) is not None, key, f"is required for {self.describe()}")
         if self.task == "finetune":
             _check(self.finetune.num_classes is not None, "finetune.num_classes", "is required for finetuning")
+            mixing = self.finetune.mixup > 0 or self.finetune.cutmix > 0
+            _check(not mixing or self.data.video_batch_size % 2 == 0, "data.video_batch_size",
+                   "must be even with mixup / cutmix (clips are mixed in pairs)")
 
     def describe(self) -> str:
         return f"pretraining with streams={self.pretrain.streams}" if self.task == "pretrain" else "finetuning"

@@ -79,6 +79,10 @@ def run_demo(args) -> int:
 
 def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
     """Every phase of the demo in `out`; returns the results dict the report is written from."""
+    # Compute on all cores but one, which the recipes' data worker gets. On a 2-core machine
+    # this also keeps the tiny model's many small ops from stalling on a second compute thread
+    # whenever another process takes a core (measured: 10x slower steps with 2 threads then).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     out.mkdir(parents=True, exist_ok=True)
     settings = {"scale": dataclasses.asdict(scale), "seed": seed}
     phases = PhaseRunner(out, settings, total=2 + len(PRETRAIN_RUNS) + len(METHODS) * len(TASKS) + 2)

@@ -150,6 +150,8 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     schedule = Schedule.from_epochs(task.batches_per_epoch, cfg.optim.accum_steps, cfg.optim.epochs, cfg.optim.warmup_epochs)
     model = build_model(cfg).to(env.device)
     start = ckpt.resume_checkpoint(resume, run_dir)
+    if resume is not None and start is None:
+        log.info("no complete checkpoint in %s yet: starting from step 0", run_dir)
     if start is not None:
         ckpt.load_state(model, ckpt.read_weights(start), str(start))
     elif cfg.run.init_from is not None:
