@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=7, help="timed steps per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -94,6 +95,8 @@ def peak_memory_bytes(model, video, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     reference, ours = build_pair(args.model, device)

@@ -204,8 +204,7 @@ class _CpuAttentionWithMaskGrad(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, attn_mask, out, logsumexp = ctx.saved_tensors
         batch, heads, n, d = q.shape
-        scale = d**-0.5
-        mask = attn_mask[0]
+        q_scaled, mask = q * d**-0.5, attn_mask[0]
         row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_mask = torch.zeros(mask.shape, dtype=torch.promote_types(mask.dtype, torch.float32))
@@ -214,16 +213,16 @@ class _CpuAttentionWithMaskGrad(torch.autograd.Function):
         for b0 in range(0, batch, batch_step):
             for h0 in range(0, heads, head_step):
                 bs, hs = slice(b0, b0 + batch_step), slice(h0, h0 + head_step)
-                q_scaled = q[bs, hs] * scale
-                scores = torch.matmul(q_scaled, k[bs, hs].transpose(-2, -1)).add_(mask[hs])
+                scores = torch.matmul(q_scaled[bs, hs], k[bs, hs].transpose(-2, -1)).add_(mask[hs])
                 probs = scores.sub_(logsumexp[bs, hs].unsqueeze(-1)).exp_()  # the forward's softmax
                 torch.matmul(probs.transpose(-2, -1), grad_out[bs, hs], out=grad_v[bs, hs])
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples, the mask gradient
                 grad_scores = torch.matmul(grad_out[bs, hs], v[bs, hs].transpose(-2, -1))
                 grad_scores = grad_scores.sub_(row_dot[bs, hs]).mul_(probs)
                 grad_mask[hs] += grad_scores.sum(0)
-                torch.matmul(grad_scores, k[bs, hs], out=grad_q[bs, hs]).mul_(scale)
-                torch.matmul(grad_scores.transpose(-2, -1), q_scaled, out=grad_k[bs, hs])
+                torch.matmul(grad_scores, k[bs, hs], out=grad_q[bs, hs])
+                torch.matmul(grad_scores.transpose(-2, -1), q_scaled[bs, hs], out=grad_k[bs, hs])
+        grad_q *= d**-0.5
         return grad_q, grad_k, grad_v, grad_mask.unsqueeze(0).to(attn_mask.dtype)
 
 

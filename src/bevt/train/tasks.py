@@ -7,8 +7,8 @@
 - `FinetuneTask`: video classification with label smoothing and optional mixup / cutmix.
 
 Both expose `next_batch()`, `forward(model, batch) -> {"loss", ...}`, `count(batch)`, the main
-stream's `batches_per_epoch`, `init_weights(model, checkpoint)` and the loader positions for
-checkpoints. The loop (loop.py) does the rest.
+stream's `batches_per_epoch`, `init_weights(model, state, source_cfg)` and `streams` (whose
+loader positions go into checkpoints). The loop (loop.py) does the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from bevt.config import Config
 from bevt.convert import inflate_image_checkpoint, resize_bias_tables
-from bevt.errors import CheckpointError
+from bevt.errors import CheckpointError, DataError
 from bevt.models import VideoClassifier, create_model
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,10 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
     common = dict(seed=seed, num_workers=data.workers, rank=rank, world_size=world_size)
     skip_dir = Path(cfg.run.out) / "skipped"
 
-    def stream(loader):
+    def stream(loader, key):
+        if len(loader) == 0:
+            raise DataError(f"{key}: {len(loader.dataset)} samples give no full batch of {loader.batch_size} "
+                            f"on each of {world_size} process(es)")
         return BatchStream(loader, SkipCounter(data.max_skip_fraction), skip_dir, rank)
 
     if cfg.task == "finetune":
@@ -221,7 +224,7 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
             flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing, **common,
         )
         class_names = load_annotations(data.train, root=data.root, labels=data.labels).class_names
-        return FinetuneTask(cfg, stream(loader), class_names, device)
+        return FinetuneTask(cfg, stream(loader, "data.train"), class_names, device)
 
     masking = cfg.masking
     grid = (data.size // 16, data.size // 16)
@@ -232,7 +235,7 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
             data.images, batch_size=data.image_batch_size, size=data.size, short_side=data.short_side,
             color_jitter=data.color_jitter, mask_generator=build_mask_generator("blockwise", grid, **mask_options),
             **common,
-        ))
+        ), "data.images")
     if cfg.pretrain.streams in ("video", "joint"):
         video_masks = build_mask_generator(masking.video, (data.frames // 2, *grid), tube_length=masking.tube_length,
                                            wrap=masking.wrap, **mask_options)
@@ -240,5 +243,5 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
             data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels, clip_len=data.frames,
             frame_interval=data.interval, size=data.size, short_side=data.short_side, mask_generator=video_masks,
             **common,
-        ))
+        ), "data.train")
     return PretrainTask(cfg, streams, device)
