@@ -55,14 +55,18 @@ def load_checkpoint_file(path):
 
 def load_weights(model, state_dict):
     """`model.load_state_dict` that fails with a `CheckpointError` naming every bad key."""
-    own = model.state_dict()
-    missing = sorted(own.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - own.keys())
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in sorted(own.keys() & state_dict.keys()) if own[k].shape != state_dict[k].shape]
+    _check_keys(model.state_dict(), state_dict)
+    model.load_state_dict(state_dict)
+
+
+def _check_keys(expected, state_dict):
+    """Raise `CheckpointError` naming missing, unexpected and mis-shaped keys (at most 8 each)."""
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(expected.keys() & state_dict.keys()) if expected[k].shape != state_dict[k].shape]
     if missing or unexpected or mismatched:
         raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched))
-    model.load_state_dict(state_dict)
 
 
 def _describe_mismatch(missing, unexpected, mismatched):
@@ -88,6 +92,8 @@ def encoder_config(state_dict):
     for key, value in state_dict.items():
         if match := re.fullmatch(rf"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attn\.{_TABLE}", key):
             tables.setdefault(int(match[1]), {})[int(match[2])] = value
+    if not tables:
+        raise CheckpointError("no relative_position_bias_table keys: not a Video Swin checkpoint")
     depths = tuple(len(tables[i]) for i in range(len(tables)))
     num_heads = tuple(tables[i][0].shape[1] for i in range(len(tables)))
     flavor = next((name for name, kw in MODEL_FLAVORS.items()
@@ -108,12 +114,7 @@ def check_converted(state_dict):
     with torch.device("meta"):
         model = create_model(flavor or "swin_t", num_classes=num_classes, **config)
     expected = model.state_dict() if num_classes else {f"encoder.{k}": v for k, v in model.state_dict().items()}
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in sorted(expected.keys() & state_dict.keys()) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched))
+    _check_keys(expected, state_dict)
     return config, flavor
 
 
