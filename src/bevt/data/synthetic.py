@@ -213,9 +213,12 @@ def write_h264(path: str, frames: np.ndarray, *, intra_only: bool = False, fps: 
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         quality = {"qp": "22", "g": "1"} if intra_only else {"crf": "20"}
-        stream.options = {"preset": "fast", "threads": "1", **quality}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        # One encoder thread and explicit timestamps: x264's output must not depend on scheduling.
+        stream.options = {"preset": "fast", "threads": "1", "x264-params": "lookahead-threads=1", **quality}
+        for index, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = index
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
