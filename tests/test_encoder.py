@@ -274,7 +274,7 @@ def test_geometry_cached_in_inference_mode_serves_training():
 
 @pytest.mark.parametrize("batch, heads, n, step", [(3, 5, 20, 2), (5, 2, 10, 4), (2, 7, 33, 100)])
 def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, heads, n, step):
-    monkeypatch.setattr(video_swin, "CACHE_FRIENDLY_FLOATS", step * n * n)  # exercise the slicing
+    monkeypatch.setattr(video_swin, "BACKWARD_STEP_FLOATS", step * n * n)  # exercise the slicing
     torch.manual_seed(0)
     q, k, v = (torch.randn(batch, heads, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     mask = torch.randn(1, heads, n, n, dtype=torch.float64, requires_grad=True)

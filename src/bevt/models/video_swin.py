@@ -24,8 +24,9 @@ IMAGE_PATCH = (4, 4)
 # Added to the logits of token pairs that come from different regions of a shifted window;
 # the reference implementations use -100 (not -inf), so we do too for bit-level parity.
 SHIFT_MASK_VALUE = -100.0
-# Elements of the (heads,N,N) temporaries the CPU attention backward handles per step (8 MB).
-CACHE_FRIENDLY_FLOATS = 2**21
+# Elements of the (heads,N,N) temporaries the CPU attention backward handles per step: 16 MB,
+# few enough steps and below glibc's mmap threshold (32 MB), so buffers are reused without page faults.
+BACKWARD_STEP_FLOATS = 2**22
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,9 +191,9 @@ def window_attention(q, k, v, attn_mask):
 
 
 class _CpuAttentionWithMaskGrad(torch.autograd.Function):
-    """SDPA's fused CPU forward (which also returns the softmax log-normaliser); the backward
-    recomputes the probabilities a few (sample, head) slices at a time, so the (N,N) temporaries
-    stay in cache and nothing (N,N)-sized is kept between forward and backward."""
+    """SDPA's fused CPU kernel forward (it also returns the softmax log-normaliser); the backward
+    recomputes the probabilities for a bounded number of (sample, head) slices at a time, so
+    nothing (N,N)-sized is kept between forward and backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, attn_mask):
@@ -205,23 +206,26 @@ class _CpuAttentionWithMaskGrad(torch.autograd.Function):
         q, k, v, attn_mask, out, logsumexp = ctx.saved_tensors
         batch, heads, n, d = q.shape
         q_scaled, mask = q * d**-0.5, attn_mask[0]
-        row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1)
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        neg_logsumexp = -logsumexp.unsqueeze(-1).to(q.dtype)  # (B,H,N,1)
+        neg_row_dot = -(grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1): -rowsum(dO * O)
+        # contiguous, unlike q/k/v when one window covers the feature, so slices view into them
+        grad_q, grad_k, grad_v = (t.new_empty(t.shape) for t in (q, k, v))
         grad_mask = torch.zeros(mask.shape, dtype=torch.promote_types(mask.dtype, torch.float32))
-        slices = max(1, CACHE_FRIENDLY_FLOATS // (n * n))  # (sample, head) pairs per step
+        slices = max(1, BACKWARD_STEP_FLOATS // (n * n))  # (sample, head) pairs per step
         head_step, batch_step = min(heads, slices), max(1, slices // heads)
         for b0 in range(0, batch, batch_step):
             for h0 in range(0, heads, head_step):
                 bs, hs = slice(b0, b0 + batch_step), slice(h0, h0 + head_step)
-                scores = torch.matmul(q_scaled[bs, hs], k[bs, hs].transpose(-2, -1)).add_(mask[hs])
-                probs = scores.sub_(logsumexp[bs, hs].unsqueeze(-1)).exp_()  # the forward's softmax
-                torch.matmul(probs.transpose(-2, -1), grad_out[bs, hs], out=grad_v[bs, hs])
+                # this step's (samples*heads, N, .) slices as 3-D batches
+                qs, ks, vs, gos = (t[bs, hs].flatten(0, 1) for t in (q_scaled, k, v, grad_out))
+                scores = torch.baddbmm(neg_logsumexp[bs, hs].flatten(0, 1), qs, ks.transpose(1, 2))
+                probs = scores.view(-1, *mask[hs].shape).add_(mask[hs]).exp_().flatten(0, 1)  # forward's softmax
+                torch.bmm(probs.transpose(1, 2), gos, out=grad_v[bs, hs].flatten(0, 1))
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples, the mask gradient
-                grad_scores = torch.matmul(grad_out[bs, hs], v[bs, hs].transpose(-2, -1))
-                grad_scores = grad_scores.sub_(row_dot[bs, hs]).mul_(probs)
-                grad_mask[hs] += grad_scores.sum(0)
-                torch.matmul(grad_scores, k[bs, hs], out=grad_q[bs, hs])
-                torch.matmul(grad_scores.transpose(-2, -1), q_scaled[bs, hs], out=grad_k[bs, hs])
+                grad_scores = torch.baddbmm(neg_row_dot[bs, hs].flatten(0, 1), gos, vs.transpose(1, 2)).mul_(probs)
+                grad_mask[hs] += grad_scores.view(-1, *grad_mask[hs].shape).sum(0)
+                torch.bmm(grad_scores, ks, out=grad_q[bs, hs].flatten(0, 1))
+                torch.bmm(grad_scores.transpose(1, 2), qs, out=grad_k[bs, hs].flatten(0, 1))
         grad_q *= d**-0.5
         return grad_q, grad_k, grad_v, grad_mask.unsqueeze(0).to(attn_mask.dtype)
 
