@@ -272,16 +272,19 @@ def test_geometry_cached_in_inference_mode_serves_training():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch, heads, n, step", [(3, 5, 20, 2), (5, 2, 10, 4), (2, 7, 33, 100)])
-def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, heads, n, step):
-    monkeypatch.setattr(video_swin, "BACKWARD_STEP_FLOATS", step * n * n)  # exercise the slicing
+@pytest.mark.parametrize("batch, steps, shifted", [(3, 1, True), (5, 2, False), (2, 3, True), (2, 100, False)])
+def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shifted):
+    """`steps` (sample, window) pairs per backward step exercise the slicing."""
+    windows, heads, n = 4, 3, 32
+    monkeypatch.setattr(video_swin, "BACKWARD_STEP_FLOATS", steps * heads * n * n)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    mask = torch.randn(1, heads, n, n, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(batch, heads, n, 8, dtype=torch.float64)
-    ours = torch.autograd.grad(window_attention(q, k, v, mask), (q, k, v, mask), grad)
-    scores = q @ k.transpose(-2, -1) / 8**0.5 + mask
-    expected = torch.autograd.grad(F.softmax(scores, -1) @ v, (q, k, v, mask), grad)
+    q, k, v = (torch.randn(batch, windows, heads, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
+    shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU).double() if shifted else None
+    grad = torch.randn(batch, windows, heads, n, 8, dtype=torch.float64)
+    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    scores = q @ k.transpose(-2, -1) / 8**0.5 + bias + (0 if shift_mask is None else shift_mask)
+    expected = torch.autograd.grad(F.softmax(scores, -1) @ v, (q, k, v, bias), grad)
     for mine, theirs in zip(ours, expected, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-10)
 

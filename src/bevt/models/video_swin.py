@@ -159,17 +159,11 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(b, nt, wt, nh, wh, nw, ww, 3, heads, d)
         qkv = qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9).reshape(3, b, nt * nh * nw, heads, n, d)
         # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
-        bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(1, heads, n, n)
-        if shift_mask is None:  # windows in the batch dim: the (1,heads,N,N) bias broadcasts
-            q, k, v = qkv.flatten(1, 2).unbind(0)  # (B*nW, heads, N, d)
-            attn_mask = bias
-        else:  # windows folded into the head dim: (1, nW*heads, N, N) broadcasts over B
-            q, k, v = qkv.flatten(2, 3).unbind(0)  # (B, nW*heads, N, d)
-            attn_mask = (shift_mask + bias).view(1, -1, n, n)
-        out = window_attention(q, k, v, attn_mask.to(q.dtype))
+        bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(heads, n, n)
+        out = window_attention(*qkv.unbind(0), bias, shift_mask)  # (B, nW, heads, N, d)
 
         # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
-        out = out.reshape(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
+        out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
         out = out.reshape(b, *padded, c)
         if shift_mask is not None:
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
@@ -178,56 +172,88 @@ class WindowAttention(nn.Module):
         return self.proj(out)
 
 
-def window_attention(q, k, v, attn_mask):
-    """softmax(q k^T / sqrt(d) + attn_mask) v for (B,H,N,d) inputs and a (1,H,N,N) mask.
+def window_attention(q, k, v, bias, shift_mask):
+    """softmax(q k^T / sqrt(d) + bias + shift_mask) v in every window.
 
+    q, k, v (B, nW, heads, N, d); bias (heads, N, N); shift_mask (nW, 1, N, N) or None.
     `scaled_dot_product_attention` everywhere but in CPU training: SDPA's fused CPU kernel
     cannot return the mask gradient, so SDPA would take its slow unfused path whenever the bias
-    table trains; `_CpuAttentionWithMaskGrad` runs that fused kernel and writes the backward.
+    table trains; `_CpuWindowAttention` runs that fused kernel and writes the backward.
     """
-    if q.device.type == "cpu" and attn_mask.requires_grad and torch.is_grad_enabled():
-        return _CpuAttentionWithMaskGrad.apply(q, k, v, attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled():
+        return _CpuWindowAttention.apply(q, k, v, bias, shift_mask)
+    out, _ = _fused_attention(q, k, v, bias, shift_mask, F.scaled_dot_product_attention)
+    return out
 
 
-class _CpuAttentionWithMaskGrad(torch.autograd.Function):
+def _fused_attention(q, k, v, bias, shift_mask, kernel):
+    """Call an SDPA kernel on a layout where one additive mask broadcasts over the batch:
+    windows in the batch dim when the (heads,N,N) bias is the whole mask, windows folded into
+    the head dim, with a (1, nW*heads, N, N) mask, when the shift mask differs per window."""
+    b, nw, heads, n, d = q.shape
+    if shift_mask is None:
+        q4, k4, v4 = (t.reshape(b * nw, heads, n, d) for t in (q, k, v))
+        mask = bias.unsqueeze(0)
+    else:
+        q4, k4, v4 = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
+        mask = (shift_mask + bias).view(1, nw * heads, n, n)
+    result = kernel(q4, k4, v4, attn_mask=mask.to(q.dtype))
+    if isinstance(result, tuple):  # the CPU kernel also returns the softmax log-normaliser
+        return result[0].reshape(q.shape), result[1].reshape(q.shape[:-1])
+    return result.reshape(q.shape), None
+
+
+class _CpuWindowAttention(torch.autograd.Function):
     """SDPA's fused CPU kernel forward (it also returns the softmax log-normaliser); the backward
-    recomputes the probabilities for a bounded number of (sample, head) slices at a time, so
-    nothing (N,N)-sized is kept between forward and backward."""
+    recomputes the probabilities for a bounded number of (sample, window) pairs at a time, so
+    nothing (N,N)-sized is kept between forward and backward.
+
+    The backward leaves the shift mask out of the exponent and zeroes the masked probabilities
+    instead: exp of a logit pushed below -87 by the -100 takes float32 exp's slow path (and
+    yields denormals that slow every product after it), while the forward's value there is
+    below 1e-40 anyway.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask):
-        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=attn_mask)
-        ctx.save_for_backward(q, k, v, attn_mask, out, logsumexp)
+    def forward(ctx, q, k, v, bias, shift_mask):
+        out, logsumexp = _fused_attention(
+            q, k, v, bias, shift_mask, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        )
+        ctx.save_for_backward(q, k, v, bias, shift_mask, out, logsumexp)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, attn_mask, out, logsumexp = ctx.saved_tensors
-        batch, heads, n, d = q.shape
-        q_scaled, mask = q * d**-0.5, attn_mask[0]
-        neg_logsumexp = -logsumexp.unsqueeze(-1).to(q.dtype)  # (B,H,N,1)
-        neg_row_dot = -(grad_out * out).sum(-1, keepdim=True)  # (B,H,N,1): -rowsum(dO * O)
+        q, k, v, bias, shift_mask, out, logsumexp = ctx.saved_tensors
+        batch, windows, heads, n, d = q.shape
+        q_scaled = q * d**-0.5
+        logsumexp = logsumexp.unsqueeze(-1).to(q.dtype)  # (B,nW,heads,N,1)
+        row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,nW,heads,N,1): rowsum(dO * O)
+        keep = None if shift_mask is None else (shift_mask == 0).to(q.dtype)  # (nW,1,N,N)
         # contiguous, unlike q/k/v when one window covers the feature, so slices view into them
         grad_q, grad_k, grad_v = (t.new_empty(t.shape) for t in (q, k, v))
-        grad_mask = torch.zeros(mask.shape, dtype=torch.promote_types(mask.dtype, torch.float32))
-        slices = max(1, BACKWARD_STEP_FLOATS // (n * n))  # (sample, head) pairs per step
-        head_step, batch_step = min(heads, slices), max(1, slices // heads)
+        grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
+        window_step = max(1, BACKWARD_STEP_FLOATS // (heads * n * n))
+        batch_step = max(1, window_step // windows)
         for b0 in range(0, batch, batch_step):
-            for h0 in range(0, heads, head_step):
-                bs, hs = slice(b0, b0 + batch_step), slice(h0, h0 + head_step)
-                # this step's (samples*heads, N, .) slices as 3-D batches
-                qs, ks, vs, gos = (t[bs, hs].flatten(0, 1) for t in (q_scaled, k, v, grad_out))
-                scores = torch.baddbmm(neg_logsumexp[bs, hs].flatten(0, 1), qs, ks.transpose(1, 2))
-                probs = scores.view(-1, *mask[hs].shape).add_(mask[hs]).exp_().flatten(0, 1)  # forward's softmax
-                torch.bmm(probs.transpose(1, 2), gos, out=grad_v[bs, hs].flatten(0, 1))
-                # d(scores) = P * (dP - rowsum(dO * O)); summed over samples, the mask gradient
-                grad_scores = torch.baddbmm(neg_row_dot[bs, hs].flatten(0, 1), gos, vs.transpose(1, 2)).mul_(probs)
-                grad_mask[hs] += grad_scores.view(-1, *grad_mask[hs].shape).sum(0)
-                torch.bmm(grad_scores, ks, out=grad_q[bs, hs].flatten(0, 1))
-                torch.bmm(grad_scores.transpose(1, 2), qs, out=grad_k[bs, hs].flatten(0, 1))
+            for w0 in range(0, windows, window_step):
+                bs, ws = slice(b0, b0 + batch_step), slice(w0, w0 + window_step)
+                step_windows = min(w0 + window_step, windows) - w0
+                # this step's (samples*windows*heads, N, .) slices as 3-D batches
+                qs, ks, vs, gos = (t[bs, ws].flatten(0, 2) for t in (q_scaled, k, v, grad_out))
+                scores = torch.bmm(qs, ks.transpose(1, 2)).sub_(logsumexp[bs, ws].flatten(0, 2))
+                probs = scores.view(-1, step_windows, heads, n, n).add_(bias).exp_()
+                if keep is not None:
+                    probs.mul_(keep[ws])
+                probs = probs.view(-1, n, n)  # the forward's softmax
+                torch.bmm(probs.transpose(1, 2), gos, out=grad_v[bs, ws].flatten(0, 2))
+                # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
+                grad_scores = torch.bmm(gos, vs.transpose(1, 2)).sub_(row_dot[bs, ws].flatten(0, 2)).mul_(probs)
+                grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
+                torch.bmm(grad_scores, ks, out=grad_q[bs, ws].flatten(0, 2))
+                torch.bmm(grad_scores.transpose(1, 2), qs, out=grad_k[bs, ws].flatten(0, 2))
         grad_q *= d**-0.5
-        return grad_q, grad_k, grad_v, grad_mask.unsqueeze(0).to(attn_mask.dtype)
+        return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None
 
 
 class SwinBlock(nn.Module):
