@@ -48,6 +48,7 @@ def test_overrides_are_parsed_as_yaml():
         ("model.name=swin_x", "model.name='swin_x': unknown flavor"),
         ("optim.lr=fast", "optim.lr='fast': expected float"),
         ("data.size=100", "data.size=100: must be a multiple of 32"),
+        ("data.crop_scale=[0.5, 0.2]", "data.crop_scale=(0.5, 0.2): must be (low, high) with 0 < low <= high <= 1"),
         ("data.train=null", "data.train: is required for pretraining with streams=joint"),
         ("model.window_size=[8, 7]", "model.window_size=[8, 7]: expected a list of 3 values"),
         ("optim", "override 'optim': expected key=value"),

@@ -86,6 +86,7 @@ class DataConfig:
     sampling: Literal["interval", "segment"] = doc("interval", "clip sampling: interval, or uniform segments (SSv2)")
     size: int = doc(224, "model input side in pixels (the tokenizer sees half of it)")
     short_side: tuple[int, int] = doc((256, 320), "pretraining: short side rescaled uniformly in this range before the crop")
+    crop_scale: tuple[float, float] = doc((0.08, 1.0), "finetuning: RandomResizedCrop area range (fraction of the frame)")
     flip: bool = doc(True, "random horizontal flip")
     color_jitter: float = doc(0.4, "image stream: brightness / contrast / saturation jitter strength")
     randaugment: tuple[int, int] | None = doc(None, "finetuning: RandAugment (ops, magnitude), same ops on every frame")
@@ -101,6 +102,8 @@ class DataConfig:
         _check(self.size >= 32 and self.size % 32 == 0, "size", "must be a multiple of 32 (the stage-4 stride)")
         low, high = self.short_side
         _check(self.size <= low <= high, "short_side", f"must be (low, high) with size={self.size} <= low <= high")
+        low_scale, high_scale = self.crop_scale
+        _check(0 < low_scale <= high_scale <= 1, "crop_scale", "must be (low, high) with 0 < low <= high <= 1")
         if self.randaugment is not None:
             _check(self.randaugment[0] >= 1 and self.randaugment[1] >= 0, "randaugment", "must be (ops >= 1, magnitude >= 0)")
         _check(0 <= self.random_erasing <= 1, "random_erasing", "must be a probability")

@@ -215,14 +215,14 @@ def build_finetune_loader(
     annotations: str, *, batch_size: int, root: str | None = None, labels: str | None = None,
     sampling: str = "interval", clip_len: int = 32, frame_interval: int = 2, size: int = 224,
     flip: float = 0.5, randaugment: tuple[int, int] | None = None, erasing: float = 0.0,
-    seed: int = 0, num_workers: int = 0, rank: int | None = None, world_size: int | None = None,
-    backend: str = "pyav",
+    crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0, num_workers: int = 0,
+    rank: int | None = None, world_size: int | None = None, backend: str = "pyav",
 ) -> ResumableLoader:
     """Finetuning: {"video" (B,3,T,H,W), "label", ...}; shuffled, padded, last batch dropped."""
     found = load_annotations(annotations, root=root, labels=labels)
     dataset = VideoDataset(
         found.samples, clip_sampler(sampling, clip_len, frame_interval),
-        FinetuneTransform(size, flip=flip, randaugment=randaugment, erasing=erasing),
+        FinetuneTransform(size, scale=crop_scale, flip=flip, randaugment=randaugment, erasing=erasing),
         seed=seed, backend=backend, class_names=found.class_names,
     )
     return _loader(dataset, batch_size=batch_size, train=True, seed=seed, num_workers=num_workers,

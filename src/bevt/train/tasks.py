@@ -221,7 +221,8 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
         loader = loaders.build_finetune_loader(
             data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels,
             sampling=data.sampling, clip_len=data.frames, frame_interval=data.interval, size=data.size,
-            flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing, **common,
+            flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing,
+            crop_scale=data.crop_scale, **common,
         )
         class_names = load_annotations(data.train, root=data.root, labels=data.labels).class_names
         return FinetuneTask(cfg, stream(loader, "data.train"), class_names, device)
