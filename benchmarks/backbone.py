@@ -83,14 +83,17 @@ def peak_memory_bytes(model, video, dtype):
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         train_step(model, video, dtype)
-    # total_allocated: the CPU allocator's running total (bytes since profiling began) after each event
-    stack, peak = list(prof.profiler.kineto_results.experimental_event_tree()), 0
+    # total_allocated: the CPU allocator's running total after each allocation event; it carries
+    # over between profiling sessions, so measure from its level just before the step's first event
+    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
     while stack:
         node = stack.pop()
         stack.extend(node.children)
         if node.tag == _EventType.Allocation:
-            peak = max(peak, node.extra_fields.total_allocated)
-    return peak
+            events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+    events.sort()
+    start = events[0][2] - events[0][1]
+    return max(total for _, _, total in events) - start
 
 
 def main(argv=None):

@@ -181,6 +181,8 @@ def test_inflate_image_checkpoint(prefix):
     key = prefix + "layers.1.blocks.1.attn.relative_position_bias_table"
     offset_zero = state[key].view(3, 49, -1)[1]  # offsets -1, 0, +1: the middle block
     assert all(torch.equal(block, offset_zero) for block in inflated[key].view(3, 49, -1))
+    wider = inflate_image_checkpoint(state, window_size=(4, 4, 4))[key]  # stage 2 may use another window
+    assert all(torch.equal(block, offset_zero) for block in wider.view(7, 49, -1))
     with pytest.raises(CheckpointError, match="rows"):
         inflate_image_checkpoint(state, window_size=(8, 7, 7))
 
@@ -232,3 +234,4 @@ def test_cli_convert_writes_safetensors(tmp_path, capsys):
     load_weights(create_model("debug", num_classes=5, window_size=(4, 4, 4)), load_file(wide))
 
     assert main(["convert", "--from", "official", str(tmp_path / "missing.pth"), str(wide)]) == 2
+    assert main(["convert", "--from", "official", "--window", "16x7x7", str(tmp_path / "official.pth"), str(wide)]) == 2

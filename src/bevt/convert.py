@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from bevt.errors import CheckpointError
+from bevt.models import MODEL_FLAVORS, create_model, parse_window
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ def encoder_config(state_dict):
     """Encoder kwargs (embed_dim, depths, num_heads, window_size) read off a converted state dict,
     and the flavor they match (None for a custom shape). The spatial window is the flavor's
     (7x7 for custom shapes); the temporal one follows from the bias-table size."""
-    from bevt.models import MODEL_FLAVORS
-
     try:
         embed_dim = state_dict["encoder.patch_embed.proj.weight"].shape[0]
     except KeyError:
@@ -107,8 +107,6 @@ def encoder_config(state_dict):
 
 def check_converted(state_dict):
     """Raise `CheckpointError` unless `state_dict` loads into the model its shapes describe."""
-    from bevt.models import create_model
-
     config, flavor = encoder_config(state_dict)
     num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
     with torch.device("meta"):
@@ -154,19 +152,20 @@ def inflate_image_checkpoint(state_dict, window_size=DEFAULT_WINDOW):
 
     The video patch embedding becomes the 2D one inflated over 2 frames (repeat, /2) and every
     bias table gets its temporal-offset-0 slice (the only one the image stream trained) tiled over
-    all temporal offsets. Keys may carry any prefix (`encoder.`, `model.encoder.`, ...).
+    the temporal offsets of `window_size`. Keys may carry any prefix (`encoder.`, ...).
     """
     out = dict(state_dict)
     spatial = (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
-    centre = (window_size[0] - 1) * spatial  # first row of temporal offset 0
     for key, value in state_dict.items():
-        if key.endswith(_TABLE) and value.shape[0] != (2 * window_size[0] - 1) * spatial:
-            raise CheckpointError(f"{key} has {value.shape[0]} rows, not those of a {window_size} window")
         if key.endswith("patch_embed_2d.proj.weight"):
             out[key.replace("patch_embed_2d.", "patch_embed.")] = inflate_patch_embed(value)
         elif re.search(r"patch_embed_2d\.(proj\.bias|norm\.weight|norm\.bias)$", key):
             out[key.replace("patch_embed_2d.", "patch_embed.")] = value.clone()
         elif key.endswith(_TABLE):
+            if value.shape[0] % spatial:
+                raise CheckpointError(f"{key} has {value.shape[0]} rows, not a multiple of a "
+                                      f"{window_size[1]}x{window_size[2]} window's {spatial}")
+            centre = value.shape[0] // spatial // 2 * spatial  # first row of temporal offset 0
             out[key] = resize_bias_table(value[centre : centre + spatial], window_size)
     return out
 
@@ -277,8 +276,8 @@ def from_official(state_dict, window_size=None):
 
 def run_convert(args):
     """`bevt convert --from {torchvision,official} IN OUT [--window t,h,w]`: writes safetensors."""
+    window = parse_window(args.window) if args.window else None
     state = load_checkpoint_file(args.input)
-    window = tuple(int(n) for n in args.window.split(",")) if args.window else None
     if args.source == "torchvision":
         converted = from_torchvision(state)
         if window is not None:

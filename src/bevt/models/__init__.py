@@ -38,4 +38,15 @@ def create_model(name, num_classes=None, **overrides):
     return VideoClassifier(encoder, num_classes, dropout=head_dropout)
 
 
-__all__ = ["MODEL_FLAVORS", "VideoClassifier", "VideoSwinEncoder", "create_model"]
+def parse_window(text):
+    """'8,7,7' -> (8, 7, 7), for command-line options."""
+    try:
+        window = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        window = ()
+    if len(window) != 3 or min(window) < 1:
+        raise ConfigError(f"a window is three positive integers t,h,w, got {text!r}")
+    return window
+
+
+__all__ = ["MODEL_FLAVORS", "VideoClassifier", "VideoSwinEncoder", "create_model", "parse_window"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bevt.errors import ConfigError
-from bevt.models import create_model
+from bevt.models import create_model, parse_window
 
 # Used by the image stream (pretraining) only; a video classifier never touches them.
 IMAGE_STREAM_ONLY = ("encoder.patch_embed_2d.", "encoder.mask_token")
@@ -36,12 +35,7 @@ def model_summary(name, frames=32, size=224, window_size=(8, 7, 7), num_classes=
 
 def run_info(args):
     """Print parameters (M) and GMACs per view for `bevt info NAME`."""
-    try:
-        window = tuple(int(n) for n in args.window.split(","))
-    except ValueError:
-        raise ConfigError(f"--window must be three integers t,h,w, got {args.window!r}") from None
-    if len(window) != 3:
-        raise ConfigError(f"--window must be three integers t,h,w, got {args.window!r}")
+    window = parse_window(args.window)
     summary = model_summary(args.name, args.frames, args.size, window, args.num_classes)
     print(f"{args.name}: window {'x'.join(map(str, window))}, {args.num_classes} classes, "
           f"view {args.frames}x{args.size}x{args.size}")
