@@ -75,7 +75,19 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     assert set(results["results"]) == {"normal", "single_frame", "shuffled"}
     assert results["videos"] == 12 and "| Single-frame |" in (tmp_path / "eval" / "results.md").read_text()
 
-    video = os.path.join(os.path.dirname(bench["temporal_val"]), "val_00000.mp4")
+    # unreadable test videos are left out and counted, never scored twice through their stand-in
+    val_dir = os.path.dirname(bench["temporal_val"])
+    broken_list, empty = tmp_path / "val_broken.txt", tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    lines = [f"{os.path.join(val_dir, line)}" for line in open(bench["temporal_val"]).read().splitlines()]
+    broken_list.write_text("\n".join([f"{tmp_path / 'missing.mp4'} 0", *lines, f"{empty} 1"]) + "\n")
+    assert main(["evaluate", "--config", "tiny_finetune", *finetune_overrides(bench, finetuned),
+                 f"data.val={broken_list}", "--checkpoint", str(finetuned), "--out", str(tmp_path / "eval2")]) == 0
+    broken_results = json.loads((tmp_path / "eval2" / "results.json").read_text())
+    assert (broken_results["videos"], broken_results["unreadable"]) == (12, 2)
+    assert broken_results["results"]["normal"] == results["results"]["normal"]
+
+    video = os.path.join(val_dir, "val_00000.mp4")
     capsys.readouterr()
     assert main(["predict", video, "--checkpoint", str(finetuned), "--json"]) == 0
     (prediction,) = json.loads(capsys.readouterr().out)

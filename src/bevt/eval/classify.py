@@ -60,7 +60,8 @@ def view_probabilities(model, clips: torch.Tensor, views: int, precision: str, d
 def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, out_dir: str | Path | None = None) -> dict:
     """Top-1 / top-5 (percent) of `checkpoint` on `cfg.data.val`, per test mode.
 
-    Returns {"checkpoint", "annotations", "videos", "views", "results": {mode: {"top1", "top5"}}}
+    Returns {"checkpoint", "annotations", "videos", "unreadable", "views", "results": {mode: {"top1", "top5"}}};
+    unreadable videos are logged and left out of the accuracies.
     and, with `out_dir`, writes it as results.json and a results.md table there (rank 0).
     """
     device = pick_device(cfg.run.device)
@@ -70,11 +71,23 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
     generator = torch.Generator().manual_seed(cfg.run.seed)
     hits = torch.zeros(len(modes), 2, dtype=torch.float64, device=device)  # (mode, top-1 / top-5)
     videos = torch.zeros((), dtype=torch.float64, device=device)
+    unreadable = {}  # path -> reason
+    scored = set()  # the dataset stands in the next video for an unreadable one: score each video once
     for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True, disable=loader.sampler.rank > 0):
-        label = batch["label"].to(device)
+        for path, reason in batch["skipped"]:
+            if path not in unreadable:
+                log.warning("evaluation leaves out %s: %s", path, reason)
+            unreadable[path] = reason
+        fresh = torch.zeros(len(batch["index"]), dtype=torch.bool)
+        for position, index in enumerate(batch["index"].tolist()):
+            fresh[position] = index not in scored
+            scored.add(index)
+        if not fresh.any():
+            continue
+        label = batch["label"][fresh].to(device)
         if (label < 0).any():
             raise DataError(f"{cfg.data.val}: evaluation needs labelled videos; some have no label")
-        video = batch["video"].to(device)  # (B,V,3,T,H,W)
+        video = batch["video"][fresh].to(device)  # (B,V,3,T,H,W)
         for i, mode in enumerate(modes):
             clips = apply_mode(mode, video.flatten(0, 1), generator)
             probs = view_probabilities(model, clips, video.shape[1], cfg.run.precision, device)
@@ -82,11 +95,14 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
             hits[i, 0] += (top[:, 0] == label).sum()
             hits[i, 1] += (top == label[:, None]).any(dim=-1).sum()
         videos += len(label)
-    hits, videos = sum_over_ranks(hits), int(sum_over_ranks(videos))
+    hits, videos, unreadable = sum_over_ranks(hits), int(sum_over_ranks(videos)), int(sum_over_ranks(torch.tensor(float(len(unreadable)), device=device)))
+    if videos == 0:
+        raise DataError(f"{cfg.data.val}: none of the {unreadable} videos could be read")
     out = {
         "checkpoint": str(resolve_checkpoint(checkpoint)),
         "annotations": cfg.data.val,
         "videos": videos,
+        "unreadable": unreadable,
         "views": f"{cfg.eval.clips} clips x {cfg.eval.crops} crops",
         "results": {mode: {"top1": 100 * float(hits[i, 0]) / videos, "top5": 100 * float(hits[i, 1]) / videos}
                     for i, mode in enumerate(modes)},
@@ -99,7 +115,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
 def results_table(out: dict) -> str:
     """The results as a markdown table, with what was evaluated above it."""
     lines = [
-        f"Checkpoint `{out['checkpoint']}` on `{out['annotations']}`: {out['videos']} videos, {out['views']}.",
+        f"Checkpoint `{out['checkpoint']}` on `{out['annotations']}`: {out['videos']} videos, {out['views']}"
+        + (f" ({out['unreadable']} unreadable videos left out)." if out.get("unreadable") else "."),
         "",
         "| test | top-1 | top-5 |",
         "|---|---:|---:|",
