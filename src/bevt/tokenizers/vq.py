@@ -194,12 +194,13 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def evaluate_vq(tokenizer: VQTokenizer, images: torch.Tensor, batch_size: int = 64) -> dict:
     """Reconstruction PSNR and codebook usage on uint8 images (N, 3, h, w)."""
+    device = next(tokenizer.parameters()).device
     psnrs, counts = [], torch.zeros(tokenizer.vocab_size)
     for start in range(0, len(images), batch_size):
-        pixels = images[start : start + batch_size].float() / 255
+        pixels = images[start : start + batch_size].to(device).float() / 255
         ids = tokenizer.encode(pixels)
-        psnrs.append(psnr(tokenizer.decode(ids), pixels))
-        counts += torch.bincount(ids.flatten(), minlength=tokenizer.vocab_size).float()
+        psnrs.append(psnr(tokenizer.decode(ids), pixels).cpu())
+        counts += torch.bincount(ids.flatten().cpu(), minlength=tokenizer.vocab_size).float()
     probs = counts / counts.sum()
     entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
     return {
