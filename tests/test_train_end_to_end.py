@@ -104,6 +104,15 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     assert torch.equal(model.encoder.patch_embed.proj.weight, inflate_patch_embed(image_embed))
 
 
+def test_diverging_run_stops_with_a_clear_error_and_no_checkpoint(bench, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    assert main(["pretrain", "--config", "tiny_image", *pretrain_overrides(bench, out), "optim.lr=1e30",
+                 "optim.warmup_epochs=0", "optim.epochs=1", "run.log_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert "the loss is NaN or infinite" in err and "optim.lr" in err
+    assert complete_checkpoints(out) == []
+
+
 def _bevt(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "bevt", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

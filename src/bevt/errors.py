@@ -16,5 +16,9 @@ class DataError(UsageError):
     """Data is missing or malformed (a path, a list file line, an annotation)."""
 
 
+class TrainingDiverged(UsageError):
+    """The loss became NaN or infinite; the message names the steps and what to change."""
+
+
 class CheckpointError(UsageError):
     """A checkpoint cannot be read or does not match the model (names missing/unexpected keys)."""

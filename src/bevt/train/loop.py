@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from bevt.config import Config
-from bevt.train.distributed import DistEnv, gradient_sync, mean_over_ranks, unwrap
+from bevt.errors import TrainingDiverged
+from bevt.train.distributed import DistEnv, gradient_sync, mean_over_ranks, sum_over_ranks, unwrap
 from bevt.train.logging import RunLogger, StepTimer
 from bevt.train.optim import set_lr
 
@@ -84,10 +85,14 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
     timer = StepTimer(env.device)
     window: dict[str, torch.Tensor] = {}
     window_steps, window_start = 0, time.perf_counter()
+    # Counted on the device and read only when logging or saving, so no step waits on a sync.
+    nonfinite_steps = torch.zeros((), device=env.device)
+    last_checked = state["step"]
     while state["step"] < schedule.total_steps:
         lr = set_lr(optimizer, state["step"], cfg.optim, schedule.warmup_steps, schedule.total_steps)
         metrics = train_step(model, task, optimizer, scaler, cfg.run.precision, env.device,
                              cfg.optim.accum_steps, cfg.optim.clip_grad, timer)
+        nonfinite_steps += (~torch.isfinite(metrics["loss"])).float()
         if ema is not None:
             ema.update(unwrap(model), step=state["step"])
         state["step"] += 1
@@ -98,6 +103,16 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
 
         step = state["step"]
         logged = step % cfg.run.log_every == 0 or step == schedule.total_steps
+        saving = step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps
+        if logged or saving:
+            diverged = int(sum_over_ranks(nonfinite_steps.clone()))
+            if diverged:
+                raise TrainingDiverged(
+                    f"the loss is NaN or infinite in {diverged} of steps "
+                    f"{last_checked + 1}-{step}; no checkpoint was written for them. Resume from the last "
+                    "checkpoint with a lower optim.lr, a tighter optim.clip_grad or run.precision=fp32"
+                )
+            last_checked = step
         if logged:
             seconds = time.perf_counter() - window_start
             values = {name: float(total) / window_steps for name, total in window.items()}
@@ -107,7 +122,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
                 if unit in values:  # per-rank items per step -> global items per second
                     values[f"{unit}_per_s"] = values.pop(unit) * env.world_size * window_steps / seconds
             logger.log(step, {**values, "lr": lr, "epoch": step / schedule.steps_per_epoch})
-        if step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps:
+        if saving:
             save_checkpoint()
         if logged:  # the next window starts after the checkpoint, which is no training time
             window, window_steps, window_start = {}, 0, time.perf_counter()
