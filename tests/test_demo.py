@@ -15,8 +15,10 @@ from bevt import demo, demo_report
 from bevt.cli import main
 
 
-def _metrics_file(path: Path, streams: tuple[str, ...], start: float, end: float, steps: int = 20) -> str:
-    with path.open("w") as f:
+def _run_dir(path: Path, streams: tuple[str, ...], start: float, end: float, steps: int = 20) -> str:
+    """A run directory whose metrics.jsonl logs losses falling linearly from `start` to `end`."""
+    path.mkdir()
+    with (path / "metrics.jsonl").open("w") as f:
         for step in range(1, steps + 1):
             loss = start + (end - start) * step / steps
             row = {"step": step}
@@ -36,17 +38,17 @@ def _results(tmp_path: Path, bevt_temporal: float) -> dict:
         }
         for method, temporal in temporal_of.items()
     }
-    metrics = {
-        "BEVT-I": _metrics_file(tmp_path / "i.jsonl", ("image",), 5.0, 3.0),
-        "BEVT": _metrics_file(tmp_path / "j.jsonl", ("image", "video"), 4.0, 2.0),
-        "BEVT-V": _metrics_file(tmp_path / "v.jsonl", ("video",), 5.0, 2.5),
+    runs = {
+        "BEVT-I": _run_dir(tmp_path / "image", ("image",), 5.0, 3.0),
+        "BEVT": _run_dir(tmp_path / "joint", ("image", "video"), 4.0, 2.0),
+        "BEVT-V": _run_dir(tmp_path / "video", ("video",), 5.0, 2.5),
     }
     streams = {"BEVT-I": ("image",), "BEVT": ("image", "video"), "BEVT-V": ("video",)}
     return {
         "seed": 3,
         "quick": False,
         "model": {"flavor": "debug", "params": 2_286_046},
-        "batch": {"images": 32, "clips": 8},
+        "batch": {"images": 32, "clips": 8, "finetune_clips": 8},
         "data": {"size": 64, "frames": 8, "images": 1200, "image_classes": 8, "pretrain_videos": 336,
                  "tasks": {"spatial": {"classes": 8, "chance": 12.5, "train": 192, "val": 128},
                            "temporal": {"classes": 6, "chance": 100 / 6, "train": 144, "val": 96}}},
@@ -54,12 +56,13 @@ def _results(tmp_path: Path, bevt_temporal: float) -> dict:
         "steps": {"tokenizer": 600, "pretrain": {"BEVT-I": 300, "BEVT": 200, "BEVT-V": 200},
                   "finetune": {"spatial": 150, "temporal": 150}},
         "pretrain": {name: {f"{s}_trend": demo_report.loss_trend(path, s) for s in streams[name]}
-                     for name, path in metrics.items()},
-        "metrics_files": metrics,
+                     for name, path in runs.items()},
+        "runs": runs,
         "finetune": finetune,
         "finetune_train_acc": {m: {"spatial": 95.0, "temporal": 70.0} for m in temporal_of},
         "tokens": {"clips": 48, "codebook_size": 256, "codes_used": 200, "top_token_share": 0.3,
-                   "change_rate": 0.25, "copy_accuracy": 0.4},
+                   "object_pixel_share": 0.1, "object_psnr_db": 14.0, "background_psnr_db": 25.0,
+                   "static_cell_change_rate": 0.2, "object_cell_change_rate": 0.6, "copy_accuracy": 0.4},
         "machine": {"cpus": 2, "torch": torch.__version__},
         "phases": [{"name": "benchmark", "wall_s": 12.0}, {"name": "tokenizer", "wall_s": 75.5}],
         "figures": {"masked_video.png": "a clip"},
@@ -86,13 +89,14 @@ def test_diagnosis_is_written_when_bevt_does_not_beat_the_baseline(tmp_path):
     assert "seed 3" in text
     assert "BEVT and No pretraining are within noise" in text
     assert "still falling" in text  # the fake losses fall linearly to the end
-    assert "40.0% for copying" not in text and "copying each masked token" in text
+    assert "the nearest frame where its cell is visible 40.0%" in text
+    assert "far better than the moving object" in text and "noise that no model can predict" in text
 
 
 def test_pretraining_curves_png(tmp_path):
     results = _results(tmp_path, bevt_temporal=80.0)
     out = tmp_path / "curves.png"
-    demo_report.plot_pretraining_curves(results["metrics_files"], out)
+    demo_report.plot_pretraining_curves(results["runs"], out, {"BEVT": 20})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,7 +126,7 @@ def test_phase_runner_reuses_finished_phases_for_the_same_settings(tmp_path, cap
 
 TINY = demo.DemoScale(
     size=64, frames=8, images_per_class=4, videos_per_class=2, val_videos_per_class=1,
-    tokenizer_steps=5, codebook_size=32, pretrain_epochs={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_epochs=1,
+    tokenizer_steps=5, codebook_size=32, pretrain_steps={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_steps=1,
 )
 
 

@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+import bevt
 from bevt import demo_report
+from bevt.config import read_recipe
 from bevt.demo_report import METHODS, TASKS
+from bevt.errors import DataError
+from bevt.train.logging import read_metrics
 
 # Pretraining runs: name -> (streams, the run it is initialised from).
 PRETRAIN_RUNS = {"BEVT-I": ("image", None), "BEVT": ("joint", "BEVT-I"), "BEVT-V": ("video", None)}
@@ -35,12 +40,13 @@ FINETUNE_INIT = {"No pretraining": None, "BEVT-I": "BEVT-I", "BEVT-V": "BEVT-V",
 PRETRAIN_RECIPE, FINETUNE_RECIPE = "demo_pretrain", "demo_finetune"
 WARMUP_SHARE = 0.1  # of every pretraining and finetuning run
 TARGET_STATS_CLIPS = 48  # temporal validation clips tokenized to measure the video targets
+MOVING_PIXEL_THRESHOLD = 0.1  # a pixel this far from its clip's median (any channel, [0, 1]) shows the object
 
 
 @dataclass(frozen=True)
 class DemoScale:
-    """What sets a demo's size and so its time on a 2-core CPU (lengths in epochs of the run's
-    main stream: images for BEVT-I, videos otherwise)."""
+    """What sets a demo's size, and so its time on a 2-core CPU. Run lengths are optimizer steps
+    (the recipes' batches: 32 images and/or 8 clips per step)."""
 
     size: int  # frame side of the benchmark and the model input; the tokenizer sees half
     frames: int  # frames per video, and per clip
@@ -49,19 +55,19 @@ class DemoScale:
     val_videos_per_class: int
     tokenizer_steps: int
     codebook_size: int
-    pretrain_epochs: dict[str, float] = field(hash=False)
-    finetune_epochs: float = 1.0
+    pretrain_steps: dict[str, int]
+    finetune_steps: int
 
 
 QUICK = DemoScale(
-    size=64, frames=8, images_per_class=24, videos_per_class=6, val_videos_per_class=4,
-    tokenizer_steps=150, codebook_size=128,
-    pretrain_epochs={"BEVT-I": 2, "BEVT": 1, "BEVT-V": 1}, finetune_epochs=2,
+    size=64, frames=8, images_per_class=16, videos_per_class=8, val_videos_per_class=8,
+    tokenizer_steps=150, codebook_size=32,
+    pretrain_steps={"BEVT-I": 40, "BEVT": 30, "BEVT-V": 30}, finetune_steps=30,
 )
 FULL = DemoScale(
-    size=64, frames=8, images_per_class=150, videos_per_class=24, val_videos_per_class=16,
-    tokenizer_steps=600, codebook_size=256,
-    pretrain_epochs={"BEVT-I": 8, "BEVT": 6, "BEVT-V": 6}, finetune_epochs=8,
+    size=64, frames=8, images_per_class=150, videos_per_class=64, val_videos_per_class=32,
+    tokenizer_steps=600, codebook_size=32,
+    pretrain_steps={"BEVT-I": 400, "BEVT": 300, "BEVT-V": 300}, finetune_steps=300,
 )
 
 
@@ -84,7 +90,8 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
     # whenever another process takes a core (measured: 10x slower steps with 2 threads then).
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"scale": dataclasses.asdict(scale), "seed": seed}
+    # A finished phase is reused only by the same demo: same scale, seed and bevt version.
+    settings = {"scale": dataclasses.asdict(scale), "seed": seed, "bevt": bevt.__version__}
     phases = PhaseRunner(out, settings, total=2 + len(PRETRAIN_RUNS) + len(METHODS) * len(TASKS) + 2)
 
     bench = phases.run("benchmark", "benchmark", lambda d: make_benchmark(d, scale, seed))
@@ -95,7 +102,7 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
         pretrained[name] = phases.run(
             f"pretrain {name} ({streams} stream{'s' if streams == 'joint' else ''})", f"pretrain/{name}",
             lambda d, streams=streams, init_from=init_from, name=name: pretrain(
-                d, streams, init_from, bench, tokenizer, scale.pretrain_epochs[name], seed),
+                d, streams, init_from, bench, tokenizer, scale.pretrain_steps[name], seed),
         )
     finetuned = {}
     for method, init in FINETUNE_INIT.items():
@@ -103,12 +110,14 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
             init_from = pretrained[init]["checkpoint"] if init else None
             finetuned[(method, task)] = phases.run(
                 f"finetune + evaluate {method} on the {task} task", f"finetune/{method}/{task}",
-                lambda d, task=task, init_from=init_from: finetune(d, task, init_from, bench, scale, seed),
+                lambda d, task=task, init_from=init_from: finetune(
+                    d, task, init_from, bench, scale.finetune_steps, seed),
             )
     targets = phases.run("measure the video targets", "targets",
                          lambda d: measure_targets(bench, tokenizer, pretrained["BEVT"], scale, seed))
     results = collect_results(scale, seed, quick, bench, tokenizer, pretrained, finetuned, targets)
-    results["figures"] = phases.run("figures", None, lambda: write_figures(out, pretrained, bench, seed), reuse=False)
+    results["figures"] = phases.run("figures", None, lambda: write_figures(out, pretrained, bench, seed),
+                                    reuse=False)
     results["phases"] = phases.timings
     demo_report.write_report(results, out)
     phases.save(results=results)
@@ -200,63 +209,82 @@ def _set(key: str, value) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def _length(epochs: float) -> list[str]:
-    """Run length overrides: warm-up is a fixed share of every run."""
+def _length(recipe: str, steps: int, samples: int, batch_key: str) -> list[str]:
+    """Overrides for a run of `steps` optimizer steps over `samples` (the loop counts epochs of
+    full batches); warm-up is a fixed share of every run."""
+    batch = read_recipe(recipe)["data"][batch_key]
+    if samples < batch:
+        raise DataError(f"{samples} samples make no batch of {batch} (data.{batch_key} of {recipe}); "
+                        "use a larger demo scale")
+    epochs = steps / (samples // batch)
     return [_set("optim.epochs", epochs), _set("optim.warmup_epochs", WARMUP_SHARE * epochs)]
 
 
 def pretrain(directory: Path, streams: str, init_from: str | None, bench: dict, tokenizer: dict,
-             epochs: float, seed: int) -> dict:
+             steps: int, seed: int) -> dict:
     from bevt.config import config_to_dict, load_config
     from bevt.train.main import train
 
+    counts = bench["counts"]
+    if streams == "image":  # the main stream, whose epochs the run counts
+        length = _length(PRETRAIN_RECIPE, steps, counts["images_train"], "image_batch_size")
+    else:
+        videos = counts["spatial_train"] + counts["temporal_train"]
+        length = _length(PRETRAIN_RECIPE, steps, videos, "video_batch_size")
     overrides = [
         _set("pretrain.streams", streams), _set("tokenizer.path", tokenizer["path"]),
         _set("data.images", bench["paths"]["images_train"]), _set("data.train", bench["pretrain_videos"]),
-        *_length(epochs), _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
+        *length, _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
     ]
     cfg = load_config(PRETRAIN_RECIPE, overrides)
     checkpoint = train(cfg)
-    metrics = directory / "metrics.jsonl"
-    return {"checkpoint": str(checkpoint), "metrics": str(metrics), "streams": streams,
-            "steps": demo_report.read_metrics(metrics)[-1]["step"], "config": config_to_dict(cfg)}
+    return {"checkpoint": str(checkpoint), "run": str(directory), "streams": streams,
+            "steps": read_metrics(directory)[-1]["step"], "config": config_to_dict(cfg)}
 
 
-def finetune_config(directory: Path, task: str, init_from: str | None, bench: dict, epochs: float, seed: int):
-    from bevt.config import load_config
-
-    paths = bench["paths"]
-    num_classes = len(Path(paths[f"{task}_classes"]).read_text().split())
-    return load_config(FINETUNE_RECIPE, [
-        _set("data.train", paths[f"{task}_train"]), _set("data.val", paths[f"{task}_val"]),
-        _set("data.flip", task == "spatial"), _set("finetune.num_classes", num_classes),
-        *_length(epochs), _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
-    ])
-
-
-def finetune(directory: Path, task: str, init_from: str | None, bench: dict, scale: DemoScale, seed: int) -> dict:
+def finetune(directory: Path, task: str, init_from: str | None, bench: dict, steps: int, seed: int) -> dict:
     """Finetune on `task`, then evaluate normal, single-frame and shuffled on its validation set."""
+    from bevt.config import config_to_dict, load_config
     from bevt.eval.classify import evaluate
     from bevt.train.main import train
 
-    cfg = finetune_config(directory, task, init_from, bench, scale.finetune_epochs, seed)
+    paths = bench["paths"]
+    cfg = load_config(FINETUNE_RECIPE, [
+        _set("data.train", paths[f"{task}_train"]), _set("data.val", paths[f"{task}_val"]),
+        _set("data.flip", task == "spatial"), _set("finetune.num_classes", _num_classes(bench, task)),
+        *_length(FINETUNE_RECIPE, steps, bench["counts"][f"{task}_train"], "video_batch_size"),
+        _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
+    ])
     checkpoint = train(cfg)
     evaluation = evaluate(cfg, checkpoint, temporal_test=True, out_dir=directory / "eval")
-    rows = demo_report.read_metrics(directory / "metrics.jsonl")
+    rows = read_metrics(directory)
+    last_quarter = rows[-max(1, len(rows) // 4):]
     return {
         "checkpoint": str(checkpoint),
         "steps": rows[-1]["step"],
-        "train_acc": 100 * rows[-1]["acc"],  # the last logging window
+        "train_acc": 100 * sum(row["acc"] for row in last_quarter) / len(last_quarter),
         "videos": evaluation["videos"],
         "top1": {mode: r["top1"] for mode, r in evaluation["results"].items()},
+        "config": config_to_dict(cfg),
     }
 
 
+def _num_classes(bench: dict, task: str) -> int:
+    return len(Path(bench["paths"][f"{task}_classes"]).read_text().split())
+
+
 def measure_targets(bench: dict, tokenizer_info: dict, joint_run: dict, scale: DemoScale, seed: int) -> dict:
-    """How much motion the video targets carry, on temporal-task validation clips: the share of
-    the most frequent token, the share of tokens that change between consecutive frames, and the
-    accuracy of copying each masked token from the nearest unmasked frame (tube masks drawn as in
-    pretraining)."""
+    """How much of the motion the video targets carry, on temporal-task validation clips.
+
+    The object is the only thing that moves, so its pixels are those that differ from the clip's
+    per-pixel median over time. Measured: the tokenizer's reconstruction PSNR on object and on
+    background pixels; how often a token changes between consecutive frames in cells without
+    the object (noise no model can predict) and in cells with it; the share of the most frequent
+    token; and the accuracy of copying each masked token from the nearest frame where its cell
+    is visible, with tube masks drawn as in pretraining (a shortcut that needs no motion).
+    """
+    import torch.nn.functional as F
+
     from bevt.data.datasets import load_annotations
     from bevt.data.decode import read_clip
     from bevt.data.transforms import to_video, tokenizer_view
@@ -271,27 +299,47 @@ def measure_targets(bench: dict, tokenizer_info: dict, joint_run: dict, scale: D
     generator = torch.Generator().manual_seed(seed)
     samples = load_annotations(bench["paths"]["temporal_val"]).samples[:TARGET_STATS_CLIPS]
     counts = torch.zeros(tokenizer.vocab_size)
-    changed = pairs = copied = masked = 0
+    totals = dict.fromkeys(("object_sq_err", "object_px", "background_sq_err", "background_px", "static_flips",
+                            "static_pairs", "object_flips", "object_pairs", "copied", "masked"), 0.0)
     with torch.no_grad():
         for sample in samples:
             frames, _ = read_clip(sample.path, lambda n: range(min(n, scale.frames)))
-            pixels = tokenizer_view(to_video(frames), scale.size // 2)  # (3,T,h,w)
-            tokens = tokenizer.encode(pixels.transpose(0, 1))  # (T,h/8,w/8)
+            pixels = tokenizer_view(to_video(frames), scale.size // 2).transpose(0, 1)  # (T,3,h,w)
+            tokens = tokenizer.encode(pixels)  # (T,h/8,w/8)
             counts += torch.bincount(tokens.flatten(), minlength=tokenizer.vocab_size)
-            changed += (tokens[1:] != tokens[:-1]).sum().item()
-            pairs += tokens[1:].numel()
+            sq_err = (tokenizer.decode(tokens) - pixels).pow(2).mean(1)  # (T,h,w)
+            moving = (pixels - pixels.median(0).values).abs().amax(1) > MOVING_PIXEL_THRESHOLD  # (T,h,w)
+            totals["object_sq_err"] += sq_err[moving].sum().item()
+            totals["object_px"] += moving.sum().item()
+            totals["background_sq_err"] += sq_err[~moving].sum().item()
+            totals["background_px"] += (~moving).sum().item()
+            cell_moving = F.max_pool2d(moving[:, None].float(), tokenizer.downsample)[:, 0].bool()  # (T,h/8,w/8)
+            pair_moving = cell_moving[1:] | cell_moving[:-1]
+            flips = tokens[1:] != tokens[:-1]
+            totals["static_flips"] += flips[~pair_moving].sum().item()
+            totals["static_pairs"] += (~pair_moving).sum().item()
+            totals["object_flips"] += flips[pair_moving].sum().item()
+            totals["object_pairs"] += pair_moving.sum().item()
             mask = mask_to_token_grid(masks(generator))  # (T,h/8,w/8)
             guess = copy_from_nearest_visible(tokens, mask)
-            copied += (guess[mask] == tokens[mask]).sum().item()
-            masked += mask.sum().item()
+            totals["copied"] += (guess[mask] == tokens[mask]).sum().item()
+            totals["masked"] += mask.sum().item()
     return {
         "clips": len(samples),
         "codebook_size": tokenizer.vocab_size,
         "codes_used": int((counts > 0).sum()),
         "top_token_share": (counts.max() / counts.sum()).item(),
-        "change_rate": changed / pairs,
-        "copy_accuracy": copied / max(masked, 1),
+        "object_pixel_share": totals["object_px"] / (totals["object_px"] + totals["background_px"]),
+        "object_psnr_db": _psnr(totals["object_sq_err"] / max(totals["object_px"], 1)),
+        "background_psnr_db": _psnr(totals["background_sq_err"] / max(totals["background_px"], 1)),
+        "static_cell_change_rate": totals["static_flips"] / max(totals["static_pairs"], 1),
+        "object_cell_change_rate": totals["object_flips"] / max(totals["object_pairs"], 1),
+        "copy_accuracy": totals["copied"] / max(totals["masked"], 1),
     }
+
+
+def _psnr(mean_squared_error: float) -> float:
+    return -10 * math.log10(max(mean_squared_error, 1e-10))
 
 
 def copy_from_nearest_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -312,15 +360,16 @@ def write_figures(out: Path, pretrained: dict, bench: dict, seed: int) -> dict[s
     from bevt.data.datasets import load_annotations
     from bevt.visualize import visualize_file
 
-    demo_report.plot_pretraining_curves({name: run["metrics"] for name, run in pretrained.items()},
-                                        out / demo_report.LOSS_CURVES_PNG)
+    offsets = {name: pretrained[init]["steps"] for name, (_, init) in PRETRAIN_RUNS.items() if init}
+    demo_report.plot_pretraining_curves({name: run["run"] for name, run in pretrained.items()},
+                                        out / demo_report.LOSS_CURVES_PNG, offsets)
     clip = load_annotations(bench["paths"]["temporal_val"]).samples[0].path
     image = load_annotations(bench["paths"]["images_val"]).samples[0].path
     figures = {}
     for name, source, what in (("masked_video.png", clip, "a temporal-task validation clip"),
                                ("masked_image.png", image, "a held-out image")):
         accuracy = visualize_file(source, out / name, checkpoint=pretrained["BEVT"]["checkpoint"], seed=seed)
-        figures[name] = (f"BEVT on {what}: rows are the input, the mask (tube masking for clips, "
+        figures[name] = (f"BEVT on {what}: the input, the mask (tube masking for clips, "
                          "blockwise for images), the tokenizer's reconstruction of the true tokens, the "
                          "reconstruction with the model's predictions in the masked cells, and which masked "
                          f"tokens it got right (masked-token accuracy {accuracy['masked_accuracy']:.0%}).")
@@ -340,14 +389,15 @@ def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, token
     counts = bench["counts"]
     tasks = {}
     for task in TASKS:
-        classes = len(Path(bench["paths"][f"{task}_classes"]).read_text().split())
+        classes = _num_classes(bench, task)
         tasks[task] = {"classes": classes, "chance": 100 / classes, "train": counts[f"{task}_train"],
                        "val": counts[f"{task}_val"]}
     return {
         "seed": seed,
         "quick": quick,
         "model": {"flavor": joint_cfg["model"]["name"], "params": sum(p.numel() for p in encoder.parameters())},
-        "batch": {"images": joint_cfg["data"]["image_batch_size"], "clips": joint_cfg["data"]["video_batch_size"]},
+        "batch": {"images": joint_cfg["data"]["image_batch_size"], "clips": joint_cfg["data"]["video_batch_size"],
+                  "finetune_clips": finetuned[("BEVT", "temporal")]["config"]["data"]["video_batch_size"]},
         "data": {"size": scale.size, "frames": scale.frames, "images": counts["images_train"],
                  "image_classes": len(Path(bench["paths"]["images_classes"]).read_text().split()),
                  "pretrain_videos": counts["spatial_train"] + counts["temporal_train"], "tasks": tasks},
@@ -355,7 +405,7 @@ def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, token
         "steps": {"tokenizer": scale.tokenizer_steps,
                   "pretrain": {name: run["steps"] for name, run in pretrained.items()},
                   "finetune": {task: finetuned[("No pretraining", task)]["steps"] for task in TASKS}},
-        "pretrain": {name: {f"{stream}_trend": demo_report.loss_trend(run["metrics"], stream)
+        "pretrain": {name: {f"{stream}_trend": demo_report.loss_trend(run["run"], stream)
                             for stream in STREAMS_OF[run["streams"]]}
                      for name, run in pretrained.items()},
         "finetune": {method: {task: finetuned[(method, task)]["top1"] for task in TASKS} for method in METHODS},
