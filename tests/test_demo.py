@@ -150,7 +150,6 @@ def test_demo_runs_end_to_end_at_a_tiny_scale(tmp_path):
     assert set(results["finetune"]) == set(demo_report.METHODS)
 
 
-@pytest.mark.slow
 def test_quick_demo_writes_the_report_in_three_minutes(tmp_path, capsys):
     started = time.perf_counter()
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
