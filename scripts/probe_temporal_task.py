@@ -10,7 +10,6 @@ normal / single-frame / shuffled top-1. Not imported by bevt.
 
 import sys
 
-import numpy as np
 import torch
 
 import bevt.data.synthetic as synthetic
@@ -20,16 +19,13 @@ from bevt.train.main import train
 
 
 def slowed_base(factor):
-    def render(rng, size, frames):
-        look = synthetic._random_look(rng, size, synthetic.SHAPES[rng.integers(len(synthetic.SHAPES))], rng.random(),
-                                      synthetic.TEXTURES[rng.integers(1, 3)])
-        background = synthetic._background(rng, size)
-        x, y = rng.uniform(0, size, 2)
-        speed = rng.uniform(0.6, 0.9) * size / frames * factor
-        angle, spin = rng.uniform(0, 2 * np.pi), speed / look.radius
-        return np.stack([synthetic.render_frame(background, look, x + t * speed, y, angle + t * spin)
-                         for t in range(frames)])
-    return render
+    """The benchmark's base clip with the motion scaled by `factor`: the same draws, rendered over
+    frames / factor steps (speed is size / frames per step), of which the first `frames` are kept."""
+    render = synthetic.render_temporal_base
+
+    def slowed(rng, size, frames):
+        return render(rng, size, round(frames / factor))[:frames]
+    return slowed
 
 
 def main(factor: float, out: str) -> None:
