@@ -2,6 +2,7 @@
 when the synthetic object moves slower?
 
     .venv/bin/python scripts/probe_temporal_task.py 0.3     # motion at 0.3x the benchmark's speed
+    .venv/bin/python scripts/probe_temporal_task.py 1.0 optim.lr=2e-3 optim.epochs=12   # + overrides
 
 Writes a 64-px, 8-frame temporal task (64 train / 16 val clips per class) whose base speed is
 scaled by the factor, finetunes the `demo_finetune` recipe from scratch (288 steps) and prints
@@ -28,7 +29,7 @@ def slowed_base(factor):
     return slowed
 
 
-def main(factor: float, out: str) -> None:
+def main(factor: float, out: str, overrides: list[str]) -> None:
     torch.set_num_threads(1)
     synthetic.render_temporal_base = slowed_base(factor)
     paths = synthetic.make_synthetic_benchmark(f"{out}/data", seed=0, size=64, frames=8, images_per_class=4,
@@ -38,7 +39,7 @@ def main(factor: float, out: str) -> None:
         f"data.train={paths['temporal_train']}", f"data.val={paths['temporal_val']}",
         f"data.labels={paths['temporal_classes']}", "data.flip=false", "data.workers=0",
         "finetune.num_classes=6", "run.init_from=null", "optim.epochs=6", "optim.warmup_epochs=0.6",
-        f"run.out={out}/finetune",
+        f"run.out={out}/finetune", *overrides,
     ])
     results = evaluate(cfg, train(cfg), temporal_test=True)["results"]
     print(f"speed x{factor}: " + ", ".join(f"{mode} {r['top1']:.1f}%" for mode, r in results.items()))
@@ -46,4 +47,4 @@ def main(factor: float, out: str) -> None:
 
 if __name__ == "__main__":
     factor = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
-    main(factor, f"/tmp/bevt_probe_speed_{factor}")
+    main(factor, f"/tmp/bevt_probe_speed_{factor}", sys.argv[2:])
