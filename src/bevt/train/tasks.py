@@ -204,7 +204,7 @@ def _roots(keys: list[str]) -> list[str]:
 def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
     """Build the task of `cfg` with its loaders (data is imported here: it needs PyAV)."""
     from bevt.data import loader as loaders
-    from bevt.data.datasets import SkipCounter, load_annotations
+    from bevt.data.datasets import SkipCounter
     from bevt.masking import build_mask_generator
 
     data, seed = cfg.data, cfg.run.seed
@@ -224,7 +224,7 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
             flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing,
             crop_scale=data.crop_scale, **common,
         )
-        class_names = load_annotations(data.train, root=data.root, labels=data.labels).class_names
+        class_names = loader.dataset.class_names  # read with the annotations, not a second time
         return FinetuneTask(cfg, stream(loader, "data.train"), class_names, device)
 
     masking = cfg.masking
