@@ -212,9 +212,11 @@ def write_h264(path: str, frames: np.ndarray, *, intra_only: bool = False, fps: 
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        quality = {"qp": "22", "g": "1"} if intra_only else {"crf": "20"}
-        # One encoder thread and explicit timestamps: x264's output must not depend on scheduling.
-        stream.options = {"preset": "fast", "threads": "1", "x264-params": "lookahead-threads=1", **quality}
+        # Constant quantiser, one thread, no lookahead decisions (rate control, B-frames, scene cuts)
+        # and explicit timestamps: with crf rate control the bytes differed between identical runs.
+        gop = {"g": "1"} if intra_only else {}
+        stream.options = {"preset": "fast", "threads": "1", "qp": "22", **gop,
+                          "x264-params": "lookahead-threads=1:bframes=0:scenecut=0:rc-lookahead=0"}
         for index, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
             video_frame.pts = index
