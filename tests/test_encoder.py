@@ -284,6 +284,25 @@ def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shif
         assert torch.allclose(mine, theirs, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale", [10.0, 40.0])
+def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scale):
+    """Trained attention can produce logits beyond +-100, where the -100 shift mask no longer
+    masks: the forward keeps those probabilities, so the backward must too (it once zeroed
+    them, giving wrong gradients, and nan when exp overflowed)."""
+    torch.manual_seed(0)
+    q, k = (torch.randn(2, 4, 2, 32, 16) * scale for _ in range(2))
+    q, k = q.requires_grad_(), k.requires_grad_()
+    v, bias = torch.randn(2, 4, 2, 32, 16, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
+    shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU)
+    grad = torch.randn(2, 4, 2, 32, 16)
+    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    scores = q.double() @ k.double().transpose(-2, -1) / 4 + bias.double() + shift_mask.double()
+    expected = torch.autograd.grad(F.softmax(scores, -1) @ v.double(), (q, k, v, bias), grad.double())
+    for mine, theirs in zip(ours, expected, strict=True):
+        assert torch.isfinite(mine).all()
+        assert (mine - theirs).abs().max() <= 1e-3 * theirs.abs().max()
+
+
 def test_every_bias_table_and_the_mask_token_get_gradients():
     encoder = create_model("debug")
     video = torch.randn(2, 3, 8, 64, 64)

@@ -27,6 +27,9 @@ SHIFT_MASK_VALUE = -100.0
 # Elements of the (heads,N,N) temporaries the CPU attention backward handles per step: 16 MB,
 # few enough steps and below glibc's mmap threshold (32 MB), so buffers are reused without page faults.
 BACKWARD_STEP_FLOATS = 2**22
+# exp(-80) is still a normal float32: probabilities below it are raised to it in the CPU
+# backward, which keeps exp off its slow denormal path at a cost of < 2e-35 per entry
+LOG_PROB_FLOOR = -80.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,10 +211,10 @@ class _CpuWindowAttention(torch.autograd.Function):
     recomputes the probabilities for a bounded number of (sample, window) pairs at a time, so
     nothing (N,N)-sized is kept between forward and backward.
 
-    The backward leaves the shift mask out of the exponent and zeroes the masked probabilities
-    instead: exp of a logit pushed below -87 by the -100 takes float32 exp's slow path (and
-    yields denormals that slow every product after it), while the forward's value there is
-    below 1e-40 anyway.
+    The backward recomputes the exact probabilities, shift mask included (with large logits a
+    -100 mask does not mask, and the forward's softmax keeps those entries), floored at
+    exp(LOG_PROB_FLOOR): exp of a logit pushed below -87 takes float32 exp's slow path and
+    yields denormals that slow every product after it.
     """
 
     @staticmethod
@@ -229,7 +232,6 @@ class _CpuWindowAttention(torch.autograd.Function):
         q_scaled = q * d**-0.5
         logsumexp = logsumexp.unsqueeze(-1).to(q.dtype)  # (B,nW,heads,N,1)
         row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,nW,heads,N,1): rowsum(dO * O)
-        keep = None if shift_mask is None else (shift_mask == 0).to(q.dtype)  # (nW,1,N,N)
         # contiguous, unlike q/k/v when one window covers the feature, so slices view into them
         grad_q, grad_k, grad_v = (t.new_empty(t.shape) for t in (q, k, v))
         grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
@@ -242,9 +244,10 @@ class _CpuWindowAttention(torch.autograd.Function):
                 # this step's (samples*windows*heads, N, .) slices as 3-D batches
                 qs, ks, vs, gos = (t[bs, ws].flatten(0, 2) for t in (q_scaled, k, v, grad_out))
                 scores = torch.bmm(qs, ks.transpose(1, 2)).sub_(logsumexp[bs, ws].flatten(0, 2))
-                probs = scores.view(-1, step_windows, heads, n, n).add_(bias).exp_()
-                if keep is not None:
-                    probs.mul_(keep[ws])
+                log_probs = scores.view(-1, step_windows, heads, n, n).add_(bias)
+                if shift_mask is not None:
+                    log_probs.add_(shift_mask[ws])
+                probs = log_probs.clamp_min_(LOG_PROB_FLOOR).exp_()
                 probs = probs.view(-1, n, n)  # the forward's softmax
                 torch.bmm(probs.transpose(1, 2), gos, out=grad_v[bs, ws].flatten(0, 2))
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
