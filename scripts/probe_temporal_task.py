@@ -9,7 +9,9 @@ scaled by the factor, finetunes the `demo_finetune` recipe from scratch (288 ste
 normal / single-frame / shuffled top-1. Not imported by bevt.
 """
 
+import shutil
 import sys
+import zlib
 
 import torch
 
@@ -47,4 +49,7 @@ def main(factor: float, out: str, overrides: list[str]) -> None:
 
 if __name__ == "__main__":
     factor = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
-    main(factor, f"/tmp/bevt_probe_speed_{factor}", sys.argv[2:])
+    overrides = sys.argv[2:]
+    out = f"/tmp/bevt_probe_speed_{factor}_{zlib.crc32(' '.join(overrides).encode()):08x}"
+    shutil.rmtree(out, ignore_errors=True)
+    main(factor, out, overrides)

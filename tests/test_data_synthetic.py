@@ -104,9 +104,9 @@ def clip_statistics(clip: np.ndarray) -> np.ndarray:
 
 def object_steps(clip: np.ndarray) -> np.ndarray:
     """Per-step horizontal motion of the object (wrapped to the torus): what order carries."""
-    saturated = np.asarray([np.asarray(Image.fromarray(f).convert("HSV"))[..., 1] > 128 for f in clip])
+    bright = np.asarray([np.asarray(Image.fromarray(f).convert("HSV"))[..., 2] > 128 for f in clip])
     phase = np.exp(2j * np.pi * (np.arange(SIZE) + 0.5) / SIZE)
-    x = np.angle((saturated.sum(1) * phase).sum(1)) * SIZE / (2 * np.pi)
+    x = np.angle((bright.sum(1) * phase).sum(1)) * SIZE / (2 * np.pi)
     return (np.diff(x) + SIZE / 2) % SIZE - SIZE / 2
 
 

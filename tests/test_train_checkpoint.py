@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from bevt.config import load_config
-from bevt.errors import CheckpointError
+from bevt.errors import CheckpointError, ConfigError
 from bevt.train import checkpoint as ckpt
+from bevt.train.main import train
 from bevt.train.tasks import build_model
 
 
@@ -39,6 +40,14 @@ def test_layout_resume_auto_and_pruning(finetune_cfg):
 
 def test_resume_auto_on_a_fresh_run_starts_over(tmp_path):
     assert ckpt.resume_checkpoint("auto", tmp_path / "nothing") is None
+
+
+def test_a_fresh_run_refuses_a_run_directory_with_checkpoints(finetune_cfg):
+    """Starting over in an earlier run's directory once pruned the new final checkpoint in favour
+    of the earlier run's higher step, and the run ended on a missing checkpoint."""
+    _save(finetune_cfg, 576, build_model(finetune_cfg))
+    with pytest.raises(ConfigError, match="step_0000576.*--resume auto"):
+        train(finetune_cfg)
 
 
 def test_train_state_is_plain_and_rng_round_trips(finetune_cfg):

@@ -127,6 +127,10 @@ def train(cfg: Config, resume: str | None = None) -> Path:
 
     Under torchrun every rank calls this; only rank 0 writes files.
     """
+    earlier = ckpt.complete_checkpoints(cfg.run.out)
+    if resume is None and earlier:  # its metrics and checkpoint pruning would mix with this run's
+        raise ConfigError(f"run.out={cfg.run.out} already holds checkpoints of an earlier run (newest: "
+                          f"{earlier[-1].name}): pass --resume auto to continue it, or choose another run.out")
     resuming = resume is not None and ckpt.resume_checkpoint(resume, cfg.run.out) is not None
     missing = missing_inputs(cfg, resuming)
     if missing:
