@@ -126,7 +126,7 @@ def test_phase_runner_reuses_finished_phases_for_the_same_settings(tmp_path, cap
 
 TINY = demo.DemoScale(
     size=64, frames=8, images_per_class=4, videos_per_class=2, val_videos_per_class=1,
-    tokenizer_steps=5, codebook_size=32, pretrain_steps={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_steps=1,
+    tokenizer_steps=5, codebook_size=32, pretrain_steps={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_steps={"spatial": 1, "temporal": 1},
 )
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from bevt.tokenizers.vq import train_vq_tokenizer
 from bevt.train.checkpoint import KILL_IN_SAVE_ENV, complete_checkpoints, read_weights
 from bevt.train.logging import read_metrics
 from bevt.train.main import read_init_weights
-from bevt.train.tasks import PretrainTask, build_model
+from bevt.train.tasks import FinetuneTask, PretrainTask, build_model
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +103,13 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     PretrainTask(cfg, {}, torch.device("cpu")).init_weights(model, *read_init_weights(str(stage1)))
     image_embed = read_weights(complete_checkpoints(stage1)[-1])["encoder.patch_embed_2d.proj.weight"]
     assert torch.equal(model.encoder.patch_embed.proj.weight, inflate_patch_embed(image_embed))
+    # so does a finetuning started straight from stage 1 (BEVT-I): its checkpoint's video patch
+    # embedding was never trained, and must not be used
+    cfg = load_config("tiny_finetune", [*finetune_overrides(bench, tmp_path / "y"), f"run.init_from={stage1}"])
+    classifier = build_model(cfg)
+    stream = SimpleNamespace(batches_per_epoch=1)
+    FinetuneTask(cfg, stream, None, torch.device("cpu")).init_weights(classifier, *read_init_weights(str(stage1)))
+    assert torch.equal(classifier.encoder.patch_embed.proj.weight, inflate_patch_embed(image_embed))
 
 
 def test_diverging_run_stops_with_a_clear_error_and_no_checkpoint(bench, tmp_path, capsys):

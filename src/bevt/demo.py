@@ -56,18 +56,19 @@ class DemoScale:
     tokenizer_steps: int
     codebook_size: int
     pretrain_steps: dict[str, int]
-    finetune_steps: int
+    finetune_steps: dict[str, int]  # per task: learning motion from scratch takes longer
 
 
 QUICK = DemoScale(
     size=64, frames=8, images_per_class=16, videos_per_class=8, val_videos_per_class=8,
     tokenizer_steps=150, codebook_size=32,
-    pretrain_steps={"BEVT-I": 40, "BEVT": 30, "BEVT-V": 30}, finetune_steps=30,
+    pretrain_steps={"BEVT-I": 40, "BEVT": 30, "BEVT-V": 30}, finetune_steps={"spatial": 30, "temporal": 30},
 )
 FULL = DemoScale(
     size=64, frames=8, images_per_class=150, videos_per_class=64, val_videos_per_class=32,
     tokenizer_steps=600, codebook_size=32,
-    pretrain_steps={"BEVT-I": 400, "BEVT": 300, "BEVT-V": 300}, finetune_steps=300,
+    pretrain_steps={"BEVT-I": 400, "BEVT": 300, "BEVT-V": 300},
+    finetune_steps={"spatial": 300, "temporal": 720},
 )
 
 
@@ -111,7 +112,7 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
             finetuned[(method, task)] = phases.run(
                 f"finetune + evaluate {method} on the {task} task", f"finetune/{method}/{task}",
                 lambda d, task=task, init_from=init_from: finetune(
-                    d, task, init_from, bench, scale.finetune_steps, seed),
+                    d, task, init_from, bench, scale.finetune_steps[task], seed),
             )
     targets = phases.run("measure the video targets", "targets",
                          lambda d: measure_targets(bench, tokenizer, pretrained["BEVT"], scale, seed))

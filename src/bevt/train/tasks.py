@@ -182,10 +182,14 @@ class FinetuneTask:
 
     def init_weights(self, model: nn.Module, state: dict[str, torch.Tensor], source_cfg: Config | None) -> None:
         """Encoder weights of any bevt checkpoint (pretraining or finetuning); the pretrained final
-        LayerNorm is `encoder.norm`. Bias tables are interpolated to this run's window."""
+        LayerNorm is `encoder.norm`. Bias tables are interpolated to this run's window. A stage-1
+        (image-stream) checkpoint is inflated first: its video patch embedding and the bias rows
+        of temporal offsets other than 0 were never trained."""
         encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
         if not encoder:
             raise CheckpointError(f"{self.cfg.run.init_from}: no encoder.* weights to finetune from")
+        if source_cfg is not None and source_cfg.task == "pretrain" and source_cfg.pretrain.streams == "image":
+            encoder = inflate_image_checkpoint(encoder, window_of(model.encoder))
         encoder = resize_bias_tables(encoder, window_of(model.encoder))
         missing, unexpected = model.load_state_dict(encoder, strict=False)
         missing = [k for k in missing if not k.startswith("head.")]
