@@ -158,3 +158,12 @@ def test_quick_demo_writes_the_report_in_three_minutes(tmp_path, capsys):
     assert "Table 1" in printed and "Table 2" in printed
     _check_report(tmp_path)
     assert seconds <= 180, f"bevt demo --quick took {seconds:.0f} s"
+
+
+def test_tubelet_asymmetry_is_zero_for_an_inflated_embedding_and_about_one_for_a_random_one():
+    from bevt.convert import inflate_patch_embed
+    from bevt.demo import tubelet_asymmetry
+
+    torch.manual_seed(0)
+    assert tubelet_asymmetry(inflate_patch_embed(torch.randn(32, 3, 4, 4))) == 0.0
+    assert 0.9 < tubelet_asymmetry(torch.randn(32, 3, 2, 4, 4)) < 1.1
