@@ -39,6 +39,9 @@ PRETRAIN_RUNS = {"BEVT-I": ("image", None), "BEVT": ("joint", "BEVT-I"), "BEVT-V
 FINETUNE_INIT = {"No pretraining": None, "BEVT-I": "BEVT-I", "BEVT-V": "BEVT-V", "BEVT": "BEVT"}
 PRETRAIN_RECIPE, FINETUNE_RECIPE = "demo_pretrain", "demo_finetune"
 WARMUP_SHARE = 0.1  # of every pretraining and finetuning run
+# Finetuning lr of the no-pretraining baseline; the recipe's lower lr is for pretrained models,
+# whose features a from-scratch lr destroys (numbers in configs/demo_finetune.yaml)
+SCRATCH_LR = 1e-3
 TARGET_STATS_CLIPS = 48  # temporal validation clips tokenized to measure the video targets
 MOVING_PIXEL_THRESHOLD = 0.1  # a pixel this far from its clip's median (any channel, [0, 1]) shows the object
 
@@ -109,10 +112,11 @@ def run_all(out: Path, scale: DemoScale, seed: int, quick: bool) -> dict:
     for method, init in FINETUNE_INIT.items():
         for task in TASKS:
             init_from = pretrained[init]["checkpoint"] if init else None
+            overrides = () if init_from else (_set("optim.lr", SCRATCH_LR),)
             finetuned[(method, task)] = phases.run(
                 f"finetune + evaluate {method} on the {task} task", f"finetune/{method}/{task}",
-                lambda d, task=task, init_from=init_from: finetune(
-                    d, task, init_from, bench, scale.finetune_steps[task], seed),
+                lambda d, task=task, init_from=init_from, overrides=overrides: finetune(
+                    d, task, init_from, bench, scale.finetune_steps[task], seed, overrides),
             )
     targets = phases.run("measure the video targets", "targets",
                          lambda d: measure_targets(bench, tokenizer, pretrained["BEVT"], scale, seed))
@@ -243,8 +247,10 @@ def pretrain(directory: Path, streams: str, init_from: str | None, bench: dict, 
             "steps": read_metrics(directory)[-1]["step"], "config": config_to_dict(cfg)}
 
 
-def finetune(directory: Path, task: str, init_from: str | None, bench: dict, steps: int, seed: int) -> dict:
-    """Finetune on `task`, then evaluate normal, single-frame and shuffled on its validation set."""
+def finetune(directory: Path, task: str, init_from: str | None, bench: dict, steps: int, seed: int,
+             overrides: tuple[str, ...] = ()) -> dict:
+    """Finetune on `task`, then evaluate normal, single-frame and shuffled on its validation set;
+    `overrides` (key=value) come last, for probes of the demo's runs."""
     from bevt.config import config_to_dict, load_config
     from bevt.eval.classify import evaluate
     from bevt.train.main import train
@@ -254,7 +260,7 @@ def finetune(directory: Path, task: str, init_from: str | None, bench: dict, ste
         _set("data.train", paths[f"{task}_train"]), _set("data.val", paths[f"{task}_val"]),
         _set("data.flip", task == "spatial"), _set("finetune.num_classes", _num_classes(bench, task)),
         *_length(FINETUNE_RECIPE, steps, bench["counts"][f"{task}_train"], "video_batch_size"),
-        _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from),
+        _set("run.out", str(directory)), _set("run.seed", seed), _set("run.init_from", init_from), *overrides,
     ])
     checkpoint = train(cfg)
     evaluation = evaluate(cfg, checkpoint, temporal_test=True, out_dir=directory / "eval")
@@ -410,6 +416,7 @@ def collect_results(scale: DemoScale, seed: int, quick: bool, bench: dict, token
                             for stream in STREAMS_OF[run["streams"]]}
                      for name, run in pretrained.items()},
         "finetune": {method: {task: finetuned[(method, task)]["top1"] for task in TASKS} for method in METHODS},
+        "finetune_lr": {method: finetuned[(method, "temporal")]["config"]["optim"]["lr"] for method in METHODS},
         "finetune_train_acc": {method: {task: finetuned[(method, task)]["train_acc"] for task in TASKS}
                                for method in METHODS},
         "tokens": targets,

@@ -123,6 +123,8 @@ def scale_markdown(results: dict) -> str:
          + f" (batches of {batch['images']} images and/or {batch['clips']} clips)"),
         ("Finetuning steps", ", ".join(f"{n} on the {task} task" for task, n in steps["finetune"].items())
          + f" per method (batches of {batch['finetune_clips']} clips)"),
+        ("Finetuning lr", ", ".join(f"{m} {lr:g}" for m, lr in results.get("finetune_lr", {}).items())
+         + " (pretrained models need a lower one than training from scratch)"),
         ("Machine", f"{results['machine']['cpus']} CPU cores, torch {results['machine']['torch']}"),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -215,7 +217,7 @@ def _benchmark_nature(results: dict) -> str:
         t = {mode: _top1(results, method, "temporal", mode) for mode in MODES}
         near = [MODE_NAMES[m].lower() for m in ("single_frame", "shuffled") if t[m] - temporal["chance"] <= band]
         far = [MODE_NAMES[m].lower() for m in ("single_frame", "shuffled") if t[m] - temporal["chance"] > band]
-        sentence = (f"{method} learned it ({t['normal']:.1f}% with all frames, {t['single_frame']:.1f}% with a "
+        sentence = (f"{method} is above chance ({t['normal']:.1f}% with all frames, {t['single_frame']:.1f}% with a "
                     f"single frame, {t['shuffled']:.1f}% with shuffled frames)")
         if near:
             sentence += f": {' and '.join(near)} accuracy is within the chance spread, so without the order of "\
@@ -294,7 +296,7 @@ def _tubelet_symmetry(results: dict) -> str | None:
     if not stayed:
         return text + " No finetuned model kept a symmetric tubelet embedding."
     unlearned = [m for m in stayed if _top1(results, m, "temporal") - temporal["chance"] <= band]
-    text += (f" {' and '.join(stayed)} ended with a nearly symmetric one (below {SYMMETRIC_TUBELET}): its first "
+    text += (f" {' and '.join(stayed)} ended with a nearly symmetric one (below {SYMMETRIC_TUBELET}): such a first "
              "layer sees where the object is in both frames of a tubelet but not which came first, and "
              "layer-wise lr decay gives the patch embedding the smallest learning rate of all layers.")
     if unlearned:
