@@ -213,19 +213,19 @@ def _benchmark_nature(results: dict) -> str:
     if not learned:
         text.append("No method learned the temporal task, so this run cannot show how much the task "
                     "depends on frame order.")
-    for method in learned:
-        t = {mode: _top1(results, method, "temporal", mode) for mode in MODES}
-        near = [MODE_NAMES[m].lower() for m in ("single_frame", "shuffled") if t[m] - temporal["chance"] <= band]
-        far = [MODE_NAMES[m].lower() for m in ("single_frame", "shuffled") if t[m] - temporal["chance"] > band]
-        sentence = (f"{method} is above chance ({t['normal']:.1f}% with all frames, {t['single_frame']:.1f}% with a "
-                    f"single frame, {t['shuffled']:.1f}% with shuffled frames)")
+    if learned:
+        numbers = ", ".join(f"{m} {_top1(results, m, 'temporal'):.1f}% -> {_top1(results, m, 'temporal', 'single_frame'):.1f}% "
+                            f"/ {_top1(results, m, 'temporal', 'shuffled'):.1f}%" for m in learned)
+        text.append(f"Above chance (all frames -> single frame / shuffled): {numbers}.")
+        near = [m for m in learned
+                if all(_top1(results, m, "temporal", mode) - temporal["chance"] <= band for mode in MODES[1:])]
+        far = [m for m in learned if m not in near]
         if near:
-            sentence += f": {' and '.join(near)} accuracy is within the chance spread, so without the order of "\
-                        "the frames the label is gone, as designed"
+            text.append(f"For {'all of them' if not far else ' and '.join(near)} single-frame and shuffled accuracy "
+                        "is within the chance spread: without the order of the frames the label is gone, as designed.")
         if far:
-            sentence += (f"; {' and '.join(far)} accuracy stays above the chance spread, so it found some label "
-                         "information without frame order")
-        text.append(sentence + ".")
+            text.append(f"{' and '.join(far)} stay{'s' if len(far) == 1 else ''} above the chance spread with a "
+                        "single frame or shuffled frames, so some label information survived without frame order.")
     unlearned = [m for m in METHODS if m not in learned]
     if learned and unlearned:
         text.append(f"{' and '.join(unlearned)} stayed within the chance spread on it, so "
@@ -301,6 +301,12 @@ def _tubelet_symmetry(results: dict) -> str | None:
              "layer-wise lr decay gives the patch embedding the smallest learning rate of all layers.")
     if unlearned:
         text += f" Of these, {' and '.join(unlearned)} did not learn the temporal task."
+    others = [m for m in asymmetry if m not in stayed]
+    if others:
+        def accuracies(methods):
+            return ", ".join(f"{m} {_top1(results, m, 'temporal'):.1f}%" for m in methods)
+        text += (f" Temporal top-1 with a nearly symmetric tubelet embedding: {accuracies(stayed)}; without: "
+                 f"{accuracies(others)}.")
     return text
 
 
