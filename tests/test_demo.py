@@ -13,6 +13,7 @@ import torch
 
 from bevt import demo, demo_report
 from bevt.cli import main
+from bevt.config import read_recipe
 
 
 def _run_dir(path: Path, streams: tuple[str, ...], start: float, end: float, steps: int = 20) -> str:
@@ -126,7 +127,8 @@ def test_phase_runner_reuses_finished_phases_for_the_same_settings(tmp_path, cap
 
 TINY = demo.DemoScale(
     size=64, frames=8, images_per_class=4, videos_per_class=2, val_videos_per_class=1,
-    tokenizer_steps=5, codebook_size=32, pretrain_steps={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1}, finetune_steps={"spatial": 1, "temporal": 1},
+    tokenizer_steps=5, codebook_size=32, pretrain_steps={"BEVT-I": 1, "BEVT": 1, "BEVT-V": 1},
+    finetune_steps={"spatial": 1, "temporal": 1},
 )
 
 
@@ -148,6 +150,14 @@ def test_demo_runs_end_to_end_at_a_tiny_scale(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["results"]["finetune"] == results["finetune"]
     assert set(results["finetune"]) == set(demo_report.METHODS)
+    # pretrained models finetune at the recipe's lr, the baseline at the from-scratch one
+    recipe_lr = read_recipe(demo.FINETUNE_RECIPE)["optim"]["lr"]
+    assert results["finetune_lr"] == {"No pretraining": demo.SCRATCH_LR, "BEVT-I": recipe_lr, "BEVT-V": recipe_lr,
+                                      "BEVT": recipe_lr}
+    assert recipe_lr < demo.SCRATCH_LR
+    # finetuning from the image stream starts from its inflated (frame-symmetric) patch embedding
+    assert results["tubelet_asymmetry"]["BEVT-I"]["start"] == 0.0
+    assert results["tubelet_asymmetry"]["No pretraining"]["start"] > 0.5
 
 
 def test_quick_demo_writes_the_report_in_three_minutes(tmp_path, capsys):
