@@ -213,9 +213,10 @@ def _benchmark_nature(results: dict) -> str:
     if not learned:
         text.append("No method learned the temporal task, so this run cannot show how much the task "
                     "depends on frame order.")
-    if learned:
-        numbers = ", ".join(f"{m} {_top1(results, m, 'temporal'):.1f}% -> {_top1(results, m, 'temporal', 'single_frame'):.1f}% "
-                            f"/ {_top1(results, m, 'temporal', 'shuffled'):.1f}%" for m in learned)
+    else:
+        numbers = ", ".join(f"{m} {_top1(results, m, 'temporal'):.1f}% -> "
+                            f"{_top1(results, m, 'temporal', 'single_frame'):.1f}% / "
+                            f"{_top1(results, m, 'temporal', 'shuffled'):.1f}%" for m in learned)
         text.append(f"Above chance (all frames -> single frame / shuffled): {numbers}.")
         near = [m for m in learned
                 if all(_top1(results, m, "temporal", mode) - temporal["chance"] <= band for mode in MODES[1:])]
@@ -298,7 +299,7 @@ def _tubelet_symmetry(results: dict) -> str | None:
     unlearned = [m for m in stayed if _top1(results, m, "temporal") - temporal["chance"] <= band]
     text += (f" {' and '.join(stayed)} ended with a nearly symmetric one (below {SYMMETRIC_TUBELET}): such a first "
              "layer sees where the object is in both frames of a tubelet but not which came first, and "
-             "layer-wise lr decay gives the patch embedding the smallest learning rate of all layers.")
+             "the attention layers must make up for it.")
     if unlearned:
         text += f" Of these, {' and '.join(unlearned)} did not learn the temporal task."
     others = [m for m in asymmetry if m not in stayed]

@@ -8,12 +8,12 @@ Three parts, all drawn deterministically from (seed, part, split, index):
   class is *what* is in the clip, so one frame is enough.
 - temporal (like Something-Something): one pale object of random shape and hue slides along a
   row of a dark wrap-around (torus) frame. A label-independent *base* sequence of frames is
-  drawn first; the class only decides the *order* in which its frames are shown: moving right (identity), moving
-  left (reversed), right-then-back, left-then-back, right-left-right, left-right-left. Every clip
-  is therefore a permutation of its base frames, so the multiset of frames (a shuffled clip) is
-  label-independent by construction; and since the start position and angle are uniform on the
-  torus, every frame position has the same distribution, so one frame at any position carries
-  no label information either. The temporal videos are all-intra H.264 (every frame a keyframe),
+  drawn first; the class only decides the *order* in which its frames are shown: moving right
+  (identity), moving left (reversed), right-then-back, left-then-back, right-left-right,
+  left-right-left. Every clip is therefore a permutation of its base frames, so the multiset of
+  frames (a shuffled clip) is label-independent by construction; and since the start position
+  and angle are uniform on the torus, every frame position has the same distribution, so one
+  frame at any position carries no label information either. The temporal videos are all-intra H.264 (every frame a keyframe),
   so decoding keeps that property exactly: a decoded frame depends only on its own content.
 """
 
