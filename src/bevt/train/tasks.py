@@ -137,8 +137,7 @@ class PretrainTask:
         """Start from a pretraining checkpoint; a stage-1 (image-stream) one is inflated 2D -> 3D
         for the video stream (patch embedding, bias tables). Parts it lacks keep their init."""
         source = self.cfg.run.init_from
-        stage1 = source_cfg is not None and source_cfg.task == "pretrain" and source_cfg.pretrain.streams == "image"
-        if stage1 and self.cfg.pretrain.streams != "image":
+        if _is_stage1(source_cfg) and self.cfg.pretrain.streams != "image":
             state = inflate_image_checkpoint(state, window_of(model.encoder))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
@@ -188,7 +187,7 @@ class FinetuneTask:
         encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
         if not encoder:
             raise CheckpointError(f"{self.cfg.run.init_from}: no encoder.* weights to finetune from")
-        if source_cfg is not None and source_cfg.task == "pretrain" and source_cfg.pretrain.streams == "image":
+        if _is_stage1(source_cfg):
             encoder = inflate_image_checkpoint(encoder, window_of(model.encoder))
         encoder = resize_bias_tables(encoder, window_of(model.encoder))
         missing, unexpected = model.load_state_dict(encoder, strict=False)
@@ -198,6 +197,12 @@ class FinetuneTask:
                 f"{self.cfg.run.init_from} does not fit the encoder: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         log.info("initialised the encoder from %s; the head starts fresh", self.cfg.run.init_from)
+
+
+def _is_stage1(source_cfg: Config | None) -> bool:
+    """Whether a checkpoint's config is an image-stream (stage 1) pretraining run's: its video
+    patch embedding and its bias rows of temporal offsets other than 0 were never trained."""
+    return source_cfg is not None and source_cfg.task == "pretrain" and source_cfg.pretrain.streams == "image"
 
 
 def _roots(keys: list[str]) -> list[str]:
