@@ -28,7 +28,8 @@ import torch
 import torchvision
 from torchvision.ops import StochasticDepth
 
-from bevt.convert import from_torchvision, load_weights
+from bevt.checkpoint import load_strict
+from bevt.models.convert import from_torchvision
 from bevt.models import create_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,7 +57,7 @@ def build_pair(name, device):
         if isinstance(module, StochasticDepth):
             module.p = 0.0
     ours = create_model(name, num_classes=400, reference_bias_slicing=True, head_dropout=0.0)
-    load_weights(ours, from_torchvision(reference.state_dict()))
+    load_strict(ours, from_torchvision(reference.state_dict()), "converted")
     return reference.to(device).train(), ours.to(device).train()
 
 

@@ -25,9 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bevt.config import load_config
 from bevt.masking import build_mask_generator
 from bevt.train.logging import StepTimer
-from bevt.train.loop import autocast, train_step
+from bevt.distributed import autocast
+from bevt.train.loop import train_step
 from bevt.train.optim import build_optimizer
-from bevt.train.tasks import PretrainTask, build_model
+from bevt.models.build import build_model
+from bevt.train.tasks import PretrainTask
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) of the GPUs we report on.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}

@@ -8,14 +8,14 @@ from safetensors.torch import load_file
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
 from bevt.cli import main
-from bevt.convert import (
+from bevt.checkpoint import load_strict
+from bevt.models.convert import (
     check_converted,
     from_official,
     from_torchvision,
     inflate_image_checkpoint,
     inflate_patch_embed,
     load_checkpoint_file,
-    load_weights,
     resize_bias_table,
 )
 from bevt.errors import CheckpointError
@@ -66,7 +66,7 @@ def assert_same_tensors(actual, expected):
 def test_from_torchvision_loads_strictly_and_keeps_every_weight():
     reference = torchvision_debug().state_dict()
     converted = from_torchvision(reference)
-    load_weights(create_model("debug", num_classes=5), converted)
+    load_strict(create_model("debug", num_classes=5), converted, "test")
     values = {id(v) for v in converted.values()}
     for key, value in reference.items():
         assert key.endswith("relative_position_index") or id(value) in values, key
@@ -76,7 +76,7 @@ def test_from_torchvision_loads_strictly_and_keeps_every_weight():
 def test_from_torchvision_matches_torchvision_outputs():
     reference = torchvision_debug().eval()
     model = create_model("debug", num_classes=5, reference_bias_slicing=True).eval()
-    load_weights(model, from_torchvision(reference.state_dict()))
+    load_strict(model, from_torchvision(reference.state_dict()), "test")
     video = torch.randn(2, 3, 8, 64, 64)
     with torch.no_grad():
         assert (model(video) - reference(video)).abs().max() <= 1e-5
@@ -107,7 +107,7 @@ def test_from_official_without_image_stream_fills_it_in():
     state = {k: v for k, v in official_state_dict(classifier).items()
              if "patch_embed_2d" not in k and "mask_token" not in k}
     converted = from_official(state)
-    load_weights(create_model("debug", num_classes=5), converted)
+    load_strict(create_model("debug", num_classes=5), converted, "test")
     assert torch.allclose(converted["encoder.patch_embed_2d.proj.weight"],
                           classifier.state_dict()["encoder.patch_embed.proj.weight"].sum(2))
 
@@ -126,7 +126,7 @@ def test_from_official_inflates_a_2d_checkpoint():
     state["head.weight"], state["head.bias"] = torch.zeros(1000, 256), torch.zeros(1000)
 
     converted = from_official(state, window_size=DEBUG_WINDOW)
-    load_weights(encoder, {k.removeprefix("encoder."): v for k, v in converted.items()})
+    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in converted.items()}, "test")
     assert not any(k.startswith("head.") for k in converted)
     assert torch.equal(converted["encoder.patch_embed_2d.proj.weight"], state["patch_embed.proj.weight"])
     assert torch.equal(converted["encoder.patch_embed.proj.weight"], inflate_patch_embed(state["patch_embed.proj.weight"]))
@@ -142,7 +142,7 @@ def test_from_official_resizes_bias_tables_to_another_temporal_window():
     assert converted["encoder.layers.0.blocks.0.attn.relative_position_bias_table"].shape == (7 * 49, 1)
     config, flavor = check_converted(converted)
     assert flavor == "debug" and config["window_size"] == (4, 4, 4)
-    load_weights(create_model("debug", num_classes=5, window_size=(4, 4, 4)), converted)
+    load_strict(create_model("debug", num_classes=5, window_size=(4, 4, 4)), converted, "test")
 
 
 def test_bias_table_8_to_16_interpolation():
@@ -194,7 +194,7 @@ def test_bad_checkpoints_name_the_keys():
     broken["encoder.extra"] = torch.zeros(1)
     broken["head.weight"] = torch.zeros(3, 256)
     with pytest.raises(CheckpointError) as error:
-        load_weights(create_model("debug", num_classes=5), broken)
+        load_strict(create_model("debug", num_classes=5), broken, "test")
     message = str(error.value)
     assert "missing keys: encoder.norm.weight" in message and "unexpected keys: encoder.extra" in message
     assert "head.weight (3, 256) vs (5, 256)" in message
@@ -220,12 +220,12 @@ def test_cli_convert_writes_safetensors(tmp_path, capsys):
     assert "debug window 2,4,4" in capsys.readouterr().out
     with safe_open(out, "pt") as f:
         assert f.metadata()["model"] == "debug" and f.metadata()["num_classes"] == "5"
-    load_weights(create_model("debug", num_classes=5), load_file(out))
+    load_strict(create_model("debug", num_classes=5), load_file(out), "test")
 
     torch.save({"state_dict": official_state_dict(create_model("debug", num_classes=5))}, tmp_path / "official.pth")
     wide = tmp_path / "wide.safetensors"
     assert main(["convert", "--from", "official", "--window", "4,4,4", str(tmp_path / "official.pth"), str(wide)]) == 0
-    load_weights(create_model("debug", num_classes=5, window_size=(4, 4, 4)), load_file(wide))
+    load_strict(create_model("debug", num_classes=5, window_size=(4, 4, 4)), load_file(wide), "test")
 
     assert main(["convert", "--from", "official", str(tmp_path / "missing.pth"), str(wide)]) == 2
     assert main(["convert", "--from", "official", "--window", "16x7x7", str(tmp_path / "official.pth"), str(wide)]) == 2

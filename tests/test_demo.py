@@ -171,8 +171,8 @@ def test_quick_demo_writes_the_report_in_three_minutes(tmp_path, capsys):
 
 
 def test_tubelet_asymmetry_is_zero_for_an_inflated_embedding_and_about_one_for_a_random_one():
-    from bevt.convert import inflate_patch_embed
-    from bevt.demo import tubelet_asymmetry
+    from bevt.models.convert import inflate_patch_embed
+    from bevt.demo.run import tubelet_asymmetry
 
     torch.manual_seed(0)
     assert tubelet_asymmetry(inflate_patch_embed(torch.randn(32, 3, 4, 4))) == 0.0

@@ -9,7 +9,8 @@ from torchvision.models.video import swin3d_b, swin3d_t
 from torchvision.ops import StochasticDepth
 
 from bevt.cli import main
-from bevt.convert import from_torchvision, inflate_patch_embed, load_weights
+from bevt.checkpoint import load_strict
+from bevt.models.convert import from_torchvision, inflate_patch_embed
 from bevt.errors import ConfigError
 from bevt.models import MODEL_FLAVORS, VideoClassifier, create_model
 from bevt.models import video_swin
@@ -112,13 +113,13 @@ def test_matches_torchvision_swin3d_t_on_a_small_clip():
     reference = randomise_bias_tables(swin3d_t(num_classes=400)).eval()
     converted = from_torchvision(reference.state_dict())
     ours = create_model("swin_t", num_classes=400, reference_bias_slicing=True).eval()
-    load_weights(ours, converted)
+    load_strict(ours, converted, "test")
     video = torch.randn(2, 3, 8, 64, 64)
     with torch.no_grad():
         expected = reference(video)
         assert (ours(video) - expected).abs().max() <= 1e-4
         geometric = create_model("swin_t", num_classes=400).eval()
-        load_weights(geometric, converted)
+        load_strict(geometric, converted, "test")
         assert (geometric(video) - expected).abs().max() > 1e-3
 
 
@@ -130,7 +131,7 @@ def test_gradients_match_torchvision():
         if isinstance(module, StochasticDepth):
             module.p = 0.0
     ours = create_model("swin_t", num_classes=10, reference_bias_slicing=True, head_dropout=0.0).train()
-    load_weights(ours, from_torchvision(reference.state_dict()))
+    load_strict(ours, from_torchvision(reference.state_dict()), "test")
     video = torch.randn(2, 3, 4, 64, 64)
     reference(video).square().sum().backward()
     ours(video).square().sum().backward()
@@ -150,7 +151,7 @@ def test_matches_torchvision_at_full_size(name, reference_fn):
     torch.manual_seed(0)
     reference = reference_fn(num_classes=400).eval()
     ours = create_model(name, num_classes=400).eval()
-    load_weights(ours, from_torchvision(reference.state_dict()))
+    load_strict(ours, from_torchvision(reference.state_dict()), "test")
     video = torch.randn(2, 3, 16, 224, 224)
     with torch.no_grad():
         assert (ours(video) - reference(video)).abs().max() <= 1e-4

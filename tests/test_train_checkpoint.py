@@ -8,9 +8,9 @@ import torch
 
 from bevt.config import load_config
 from bevt.errors import CheckpointError, ConfigError
-from bevt.train import checkpoint as ckpt
+from bevt import checkpoint as ckpt
 from bevt.train.main import train
-from bevt.train.tasks import build_model
+from bevt.models.build import build_model, load_model_from_checkpoint
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_train_state_is_plain_and_rng_round_trips(finetune_cfg):
 def test_load_model_from_checkpoint(finetune_cfg):
     model = build_model(finetune_cfg)
     path = _save(finetune_cfg, 5, model)
-    loaded, cfg = ckpt.load_model_from_checkpoint(path)
+    loaded, cfg = load_model_from_checkpoint(path)
     assert cfg == finetune_cfg and not loaded.training
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
@@ -72,7 +72,7 @@ def test_load_model_from_checkpoint(finetune_cfg):
 
 def test_mismatched_or_missing_checkpoints_are_clear(finetune_cfg, tmp_path):
     model = build_model(finetune_cfg)
-    with pytest.raises(CheckpointError, match="missing head.weight"):
-        ckpt.load_state(model, {k: v for k, v in model.state_dict().items() if k != "head.weight"}, "x")
+    with pytest.raises(CheckpointError, match="missing keys: head.weight"):
+        ckpt.load_strict(model, {k: v for k, v in model.state_dict().items() if k != "head.weight"}, "x")
     with pytest.raises(CheckpointError, match="neither a checkpoint directory"):
         ckpt.resolve_checkpoint(tmp_path / "nowhere")

@@ -22,13 +22,14 @@ from safetensors.torch import load_file
 
 from bevt.cli import main
 from bevt.config import load_config
-from bevt.convert import inflate_patch_embed
+from bevt.models.convert import inflate_patch_embed
 from bevt.data.synthetic import make_synthetic_benchmark
 from bevt.tokenizers.vq import train_vq_tokenizer
-from bevt.train.checkpoint import KILL_IN_SAVE_ENV, complete_checkpoints, read_weights
+from bevt.checkpoint import complete_checkpoints, read_weights
 from bevt.train.logging import read_metrics
 from bevt.train.main import read_init_weights
-from bevt.train.tasks import FinetuneTask, PretrainTask, build_model
+from bevt.models.build import build_model
+from bevt.train.tasks import FinetuneTask, PretrainTask
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +122,25 @@ def test_diverging_run_stops_with_a_clear_error_and_no_checkpoint(bench, tmp_pat
     assert complete_checkpoints(out) == []
 
 
-def _bevt(args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "bevt", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+# `bevt` whose process SIGKILLs itself inside the save of step 4: after the checkpoint's files are
+# written and fsynced, before the rename that completes it.
+DIE_INSIDE_SAVE_OF_STEP_4 = """
+import os, signal, sys
+from pathlib import Path
+rename = Path.rename
+def rename_or_die(self, target):
+    if self.name == "step_0000004.tmp":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+Path.rename = rename_or_die
+from bevt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _bevt(args, script=None):
+    command = [sys.executable, "-c", script] if script else [sys.executable, "-m", "bevt"]
+    return subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _final_weights(run_dir):
@@ -141,7 +158,7 @@ def test_resume_after_sigkill_is_bitwise_exact(bench, tmp_path):
     assert reference.wait() == 0, reference.stderr.read()
 
     run = tmp_path / "killed"
-    first = _bevt(args(run), env={KILL_IN_SAVE_ENV: "4"})  # dies inside the save of step 4
+    first = _bevt(args(run), script=DIE_INSIDE_SAVE_OF_STEP_4)
     assert first.wait() == -signal.SIGKILL
     assert [p.name for p in complete_checkpoints(run)] == ["step_0000002"]
     assert (run / "checkpoints" / "step_0000004.tmp").is_dir()

@@ -7,9 +7,9 @@ from bevt.cli import main
 from bevt.config import load_config
 from bevt.masking import build_mask_generator
 from bevt.tokenizers.dalle import DalleDecoder, DalleEncoder, DalleTokenizer
-from bevt.train.checkpoint import save_checkpoint
-from bevt.train.tasks import build_model
-from bevt.visualize import make_reconstruction_figure
+from bevt.checkpoint import save_checkpoint
+from bevt.models.build import build_model
+from bevt.eval.visualize import make_reconstruction_figure
 
 VOCAB = 32
 
@@ -35,7 +35,7 @@ def _png_size(path):
 
 
 def test_figure_for_a_clip_and_an_image(tmp_path, checkpoint):
-    from bevt.train.checkpoint import load_model_from_checkpoint
+    from bevt.models.build import load_model_from_checkpoint
 
     pretrainer, _ = load_model_from_checkpoint(checkpoint)
     g = torch.Generator().manual_seed(0)

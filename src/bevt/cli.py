@@ -45,7 +45,7 @@ def _add_convert(sub):
 
 
 def _run_convert(args):
-    from bevt.convert import run_convert
+    from bevt.models.convert import run_convert
 
     return run_convert(args)
 
@@ -97,7 +97,7 @@ def _add_visualize(sub):
 
 
 def _run_visualize(args):
-    from bevt.visualize import run_visualize
+    from bevt.eval.visualize import run_visualize
 
     return run_visualize(args)
 
@@ -206,7 +206,7 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from bevt.demo import run_demo
+    from bevt.demo.run import run_demo
 
     return run_demo(args)
 

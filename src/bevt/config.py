@@ -4,7 +4,7 @@
 `bevt/configs/`), applies `key=value` overrides (values parsed as YAML), and builds the
 dataclasses. Every field carries a one-line doc; unknown keys fail with the nearest valid name and
 bad values fail with the key named, all before anything heavy is built. The defaults are the
-paper's Swin-B joint pretraining recipe (BEVT-FACTS.md), so recipes only list what differs.
+paper's Swin-B joint pretraining recipe (paper section 4.1 and the released configs), so recipes only list what differs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Literal
 import yaml
 
 from bevt.errors import ConfigError
+from bevt.models import MODEL_FLAVORS
 
 RECIPES = resources.files("bevt") / "configs"
 
@@ -44,8 +45,6 @@ class ModelConfig:
     head_dropout: float = doc(0.5, "dropout before the classification head (finetuning)")
 
     def __post_init__(self):
-        from bevt.models import MODEL_FLAVORS
-
         _check(self.name in MODEL_FLAVORS, "name", f"unknown flavor {self.name!r}; choose one of {', '.join(MODEL_FLAVORS)}")
         _check(self.window_size is None or min(self.window_size) >= 1, "window_size", "every window side must be >= 1")
         _check(0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)")

@@ -18,9 +18,10 @@ from tqdm import tqdm
 from bevt.config import Config, load_config
 from bevt.errors import CheckpointError, ConfigError, DataError
 from bevt.eval.temporal import MODES, apply_mode
-from bevt.train.checkpoint import load_model_from_checkpoint, resolve_checkpoint
-from bevt.train.distributed import init_distributed, pick_device, shutdown, sum_over_ranks
-from bevt.train.loop import autocast
+from bevt.checkpoint import resolve_checkpoint
+from bevt.models.build import load_model_from_checkpoint
+from bevt.distributed import autocast, init_distributed, pick_device, shutdown, sum_over_ranks
+
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 
 from bevt.errors import DataError
 from bevt.eval.classify import load_classifier, view_probabilities
-from bevt.train.checkpoint import read_class_names, resolve_checkpoint
-from bevt.train.distributed import pick_device
+from bevt.checkpoint import read_class_names, resolve_checkpoint
+from bevt.distributed import pick_device
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 Owns the encoder, the image and video decoders, the shared final LayerNorm (`encoder.norm`,
 which becomes the finetuning norm) and one token classifier shared by both streams. It computes
-its own targets with a frozen tokenizer, so the training loop only feeds batches (DESIGN.md):
+its own targets with a frozen tokenizer (`target_tokens`), so the training loop only feeds batches
+(DESIGN.md); a caller that wants the tokenizer's time apart passes the targets it computed with
+`target_tokens` as `targets=`:
 
     image_batch = {"image": (B,3,H,W), "image_tok": (B,3,H/2,W/2) in [0,1], "mask": (B,H/16,W/16)}
     video_batch = {"video": (B,3,T,H,W), "video_tok": (B,3,T,H/2,W/2) in [0,1], "mask": (B,T/2,H/16,W/16)}
@@ -17,8 +19,6 @@ tokenizer is re-read from its own directory; `forward` moves it to the batch's d
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn.functional as F
@@ -47,34 +47,35 @@ class BEVTPretrainer(nn.Module):
         self.token_head = nn.Linear(num_features, tokenizer.vocab_size)
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # unregistered, see module doc
 
-    def forward(self, image_batch: dict | None = None, video_batch: dict | None = None) -> dict:
-        """-> {"loss", "loss_image", "acc_image", "loss_video", "acc_video", "tokenizer_seconds"}
-        for the streams that ran; `loss` is the one to backpropagate, accuracies are detached."""
+    def forward(self, image_batch: dict | None = None, video_batch: dict | None = None,
+                targets: dict[str, torch.Tensor] | None = None) -> dict:
+        """-> {"loss", "loss_image", "acc_image", "loss_video", "acc_video"} for the streams that
+        ran; `loss` is the one to backpropagate, accuracies are detached. `targets` maps a stream to
+        its `target_tokens`; streams without one are tokenized here."""
         batches = {"image": image_batch, "video": video_batch}
         if all(batch is None for batch in batches.values()):
             raise ValueError("forward needs an image_batch, a video_batch or both")
-        out = {"tokenizer_seconds": 0.0}
+        targets = targets or {}
+        out = {}
         loss = 0.0
         for stream, batch in batches.items():
             if batch is None:
                 continue
             if self._decoder(stream) is None:
                 raise ValueError(f"a {stream} batch was given to a pretrainer built with streams={self.streams!r}")
-            started = self._clock(batch[stream].device)
-            targets = self.target_tokens(batch[f"{stream}_tok"])  # (B,[T],h,w)
-            out["tokenizer_seconds"] += self._clock(batch[stream].device) - started
+            tokens = targets[stream] if stream in targets else self.target_tokens(batch[f"{stream}_tok"])  # (B,[T],h,w)
             cell_mask = batch["mask"]
             loss_mask = mask_to_token_grid(cell_mask) if stream == "video" else cell_mask  # (B,[T],h,w)
-            if loss_mask.shape != targets.shape:
+            if loss_mask.shape != tokens.shape:
                 raise ValueError(
-                    f"{stream} mask {tuple(cell_mask.shape)} does not match the token grid {tuple(targets.shape)} "
+                    f"{stream} mask {tuple(cell_mask.shape)} does not match the token grid {tuple(tokens.shape)} "
                     f"of the tokenizer view {tuple(batch[f'{stream}_tok'].shape)}"
                 )
             features = self.decode_features(batch[stream], cell_mask)  # (B,[T],h,w,8C)
             # Only masked cells reach the classifier: the loss ignores the rest, and the 8C x vocab
             # head is a large share of the compute.
             logits = self.token_logits(features[loss_mask])  # (M, vocab)
-            masked_targets = targets[loss_mask]  # (M,)
+            masked_targets = tokens[loss_mask]  # (M,)
             stream_loss = F.cross_entropy(logits, masked_targets, reduction="sum") / max(len(masked_targets), 1)
             out[f"loss_{stream}"] = stream_loss
             hits = (logits.detach().argmax(-1) == masked_targets).sum()
@@ -112,9 +113,3 @@ class BEVTPretrainer(nn.Module):
 
     def _decoder(self, stream: str) -> nn.Module | None:
         return self.image_decoder if stream == "image" else self.video_decoder
-
-    @staticmethod
-    def _clock(device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bevt.checkpoint import load_strict
 from bevt.errors import CheckpointError, DataError, UsageError
 from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, write_tokenizer_json
 
@@ -218,17 +219,8 @@ def _load_module(module_class, spec: dict, part: str) -> nn.Module:
     if not path.is_file():
         raise CheckpointError(f"tokenizer weights {path} are missing")
     module = module_class(**spec["config"][part])
-    _load_strict(module, load_file(str(path)), str(path))
+    load_strict(module, load_file(str(path)), str(path))
     return module
-
-
-def _load_strict(module: nn.Module, state: dict, source: str) -> None:
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{source} does not match the {type(module).__name__} architecture: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +298,7 @@ def import_dalle(encoder_pkl: str | Path, decoder_pkl: str | Path | None, out_di
     for part, (module_class, path) in parts.items():
         state = convert_official_state_dict(_unpickle_official(path))
         modules[part] = module_class(**_config_from_converted(state, part))
-        _load_strict(modules[part], state, str(path))
+        load_strict(modules[part], state, str(path))
     tokenizer = DalleTokenizer(modules["encoder"], modules.get("decoder"), channels_last=False)
     return tokenizer.save(out_dir)
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 from vector_quantize_pytorch import VectorQuantize
 
+from bevt.checkpoint import load_strict
 from bevt.errors import CheckpointError, DataError
 from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, write_tokenizer_json
 
@@ -140,12 +141,7 @@ class VQTokenizer(Tokenizer):
         if not path.is_file():
             raise CheckpointError(f"tokenizer weights {path} are missing")
         tokenizer = cls(**spec["config"])
-        result = tokenizer.load_state_dict(load_file(str(path)), strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path} does not match the VQ tokenizer config: "
-                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
+        load_strict(tokenizer, load_file(str(path)), str(path))
         return tokenizer.eval().requires_grad_(False)
 
 

@@ -20,31 +20,35 @@ BAR_KEYS = ("loss", "acc_image", "acc_video", "acc", "lr", "clips_per_s", "image
 
 
 class StepTimer:
-    """Wall time per phase of a step (data wait, tokenizer, forward/backward, optimizer).
+    """Wall time per phase of the steps it is `active` for (data, tokenizer, forward/backward, optimizer).
 
-    On CUDA each phase ends with a synchronize, so the split is real rather than launch time.
+    On CUDA each timed phase ends with a synchronize, so the split is real rather than launch
+    time; that is why the loop activates it on logging steps only and every other step runs
+    without a host-device sync.
     """
 
     def __init__(self, device: torch.device):
         self.sync = device.type == "cuda"
+        self.active = True
         self.totals: dict[str, float] = defaultdict(float)
+        self.steps = 0
 
     @contextmanager
     def phase(self, name: str):
+        if not self.active:
+            yield
+            return
         start = time.perf_counter()
         yield
         if self.sync:
             torch.cuda.synchronize()
         self.totals[name] += time.perf_counter() - start
 
-    def add(self, name: str, seconds: float) -> None:
-        """Time measured elsewhere (the pretrainer's tokenizer time, inside forward)."""
-        self.totals[name] += seconds
-
     def pop(self) -> dict[str, float]:
-        """Seconds per phase since the last pop, as `time_<phase>` metrics."""
-        out = {f"time_{name}": seconds for name, seconds in self.totals.items()}
+        """Seconds per timed step and phase since the last pop, as `time_<phase>` metrics."""
+        out = {f"time_{name}": seconds / max(self.steps, 1) for name, seconds in self.totals.items()}
         self.totals.clear()
+        self.steps = 0
         return out
 
 

@@ -8,7 +8,6 @@ lr schedule, EMA, logging and checkpoints. `train_step` is the only place that c
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,12 +15,9 @@ from torch import nn
 
 from bevt.config import Config
 from bevt.errors import TrainingDiverged
-from bevt.train.distributed import DistEnv, gradient_sync, mean_over_ranks, sum_over_ranks, unwrap
+from bevt.distributed import DistEnv, autocast, gradient_sync, mean_over_ranks, sum_over_ranks, unwrap
 from bevt.train.logging import RunLogger, StepTimer
 from bevt.train.optim import set_lr
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class Schedule:
@@ -37,13 +33,6 @@ class Schedule:
         return cls(steps_per_epoch, max(1, round(epochs * steps_per_epoch)), round(warmup_epochs * steps_per_epoch))
 
 
-def autocast(precision: str, device: torch.device):
-    """Mixed precision context (bf16 on CPU or GPU, fp16 on GPU); fp32 runs without one."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
 def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device: torch.device,
                accum_steps: int, clip_grad: float | None, timer: StepTimer) -> dict[str, torch.Tensor]:
     """One optimizer step over `accum_steps` micro-batches -> metrics: losses and accuracies
@@ -53,13 +42,12 @@ def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device
     for micro in range(accum_steps):
         with timer.phase("data"):
             batch = task.next_batch()
+        with timer.phase("tokenizer"):
+            batch = task.add_targets(model, batch)
         with gradient_sync(model, enabled=micro == accum_steps - 1), timer.phase("forward_backward"):
             with autocast(precision, device):
                 out = task.forward(model, batch)
             scaler.scale(out["loss"] / accum_steps).backward()
-        tokenizer_seconds = out.pop("tokenizer_seconds", 0.0)  # spent inside forward: report it apart
-        timer.add("tokenizer", tokenizer_seconds)
-        timer.add("forward_backward", -tokenizer_seconds)
         for name, value in out.items():
             metrics[name] = metrics.get(name, 0) + value.detach().float() / accum_steps
         for name, count in task.count(batch).items():
@@ -71,6 +59,8 @@ def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+    if timer.active:
+        timer.steps += 1
     return metrics
 
 
@@ -90,6 +80,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
     last_checked = state["step"]
     while state["step"] < schedule.total_steps:
         lr = set_lr(optimizer, state["step"], cfg.optim, schedule.warmup_steps, schedule.total_steps)
+        timer.active = _is_logging_step(state["step"] + 1, cfg.run.log_every, schedule.total_steps)
         metrics = train_step(model, task, optimizer, scaler, cfg.run.precision, env.device,
                              cfg.optim.accum_steps, cfg.optim.clip_grad, timer)
         nonfinite_steps += (~torch.isfinite(metrics["loss"])).float()
@@ -102,7 +93,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
         window_steps += 1
 
         step = state["step"]
-        logged = step % cfg.run.log_every == 0 or step == schedule.total_steps
+        logged = _is_logging_step(step, cfg.run.log_every, schedule.total_steps)
         saving = step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps
         if logged or saving:
             diverged = int(sum_over_ranks(nonfinite_steps.clone()))
@@ -116,7 +107,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
         if logged:
             seconds = time.perf_counter() - window_start
             values = {name: float(total) / window_steps for name, total in window.items()}
-            values.update({name: s / window_steps for name, s in timer.pop().items()})
+            values.update(timer.pop())
             values = mean_over_ranks(values, env.device)
             for unit in ("clips", "images"):
                 if unit in values:  # per-rank items per step -> global items per second
@@ -126,3 +117,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
             save_checkpoint()
         if logged:  # the next window starts after the checkpoint, which is no training time
             window, window_steps, window_start = {}, 0, time.perf_counter()
+
+
+def _is_logging_step(step: int, log_every: int, total_steps: int) -> bool:
+    return step % log_every == 0 or step == total_steps

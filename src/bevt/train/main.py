@@ -16,15 +16,16 @@ from timm.utils import ModelEmaV3
 
 from bevt.config import Config, load_config, save_config
 from bevt.errors import CheckpointError, ConfigError, DataError
-from bevt.train import checkpoint as ckpt
-from bevt.train.distributed import (
+from bevt import checkpoint as ckpt
+from bevt.distributed import (
     DistEnv, barrier, gather_objects, init_distributed, load_optimizer_state, model_state, optimizer_state,
     pick_device, seed_everything, shutdown, unwrap, wrap_model,
 )
 from bevt.train.logging import RunLogger
 from bevt.train.loop import Schedule, train as run_loop
 from bevt.train.optim import build_optimizer
-from bevt.train.tasks import build_model, make_task
+from bevt.models.build import build_model
+from bevt.train.tasks import make_task
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def read_init_weights(path: str) -> tuple[dict[str, torch.Tensor], Config | None
     """Weights to start from: a bevt checkpoint / run directory (with its config), or a weights
     file from `bevt convert` (.safetensors / .pth)."""
     if Path(path).is_file():
-        from bevt.convert import load_checkpoint_file
+        from bevt.models.convert import load_checkpoint_file
 
         return load_checkpoint_file(path), None
     found = ckpt.resolve_checkpoint(path)
@@ -157,7 +158,7 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     if resume is not None and start is None:
         log.info("no complete checkpoint in %s yet: starting from step 0", run_dir)
     if start is not None:
-        ckpt.load_state(model, ckpt.read_weights(start), str(start))
+        ckpt.load_strict(model, ckpt.read_weights(start), str(start))
     elif cfg.run.init_from is not None:
         state, source_cfg = read_init_weights(cfg.run.init_from)
         task.init_weights(model, state, source_cfg)
@@ -205,7 +206,7 @@ def _restore(start: Path, env: DistEnv, model, optimizer, scaler, ema, task, sta
     load_optimizer_state(model, optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     if ema is not None:
-        ckpt.load_state(ema.module, ckpt.read_weights(start, ema=True), f"{start} (EMA)")
+        ckpt.load_strict(ema.module, ckpt.read_weights(start, ema=True), f"{start} (EMA)")
     ranks = saved["ranks"]
     if len(ranks) != env.world_size:
         log.warning("checkpoint written by %d process(es), resuming on %d: random streams restart, "

@@ -6,8 +6,9 @@
   independently of the video loader, whose epochs define the run's length.
 - `FinetuneTask`: video classification with label smoothing and optional mixup / cutmix.
 
-Both expose `next_batch()`, `forward(model, batch) -> {"loss", ...}`, `count(batch)`, the main
-stream's `batches_per_epoch`, `init_weights(model, state, source_cfg)` and `streams` (whose
+Both expose `next_batch()` (on the device), `add_targets(model, batch)` (the frozen tokenizer's
+tokens, timed apart by the loop), `forward(model, batch) -> {"loss", ...}`, `count(batch)`, the
+main stream's `batches_per_epoch`, `init_weights(model, state, source_cfg)` and `streams` (whose
 loader positions go into checkpoints). The loop (loop.py) does the rest.
 """
 
@@ -20,54 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bevt.checkpoint import load_strict
 from bevt.config import Config
-from bevt.convert import inflate_image_checkpoint, resize_bias_tables
+from bevt.distributed import unwrap
+from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError, DataError
-from bevt.models import VideoClassifier, create_model
+from bevt.models.build import window_of
 
 log = logging.getLogger(__name__)
 
 
-def encoder_kwargs(cfg: Config) -> dict:
-    kwargs = {"drop_path_rate": cfg.model.drop_path_rate, "use_checkpoint": cfg.model.use_checkpoint}
-    if cfg.model.window_size is not None:
-        kwargs["window_size"] = cfg.model.window_size
-    return kwargs
-
-
-def build_model(cfg: Config, tokenizer=None) -> nn.Module:
-    """The trained module of a config: the classifier (finetune) or the pretrainer with its frozen
-    tokenizer (read from `tokenizer.path` unless one is passed).
-
-    Encoder parts the task never runs are frozen, so AdamW and DDP skip them: the image stream's
-    patch embedding and the mask token in finetuning, the other stream's embedding in BEVT-I / -V.
-    """
-    encoder = create_model(cfg.model.name, **encoder_kwargs(cfg))
-    if cfg.task == "finetune":
-        encoder.patch_embed_2d.requires_grad_(False)
-        encoder.mask_token.requires_grad_(False)
-        return VideoClassifier(encoder, cfg.finetune.num_classes, dropout=cfg.model.head_dropout)
-    from bevt.models.pretrainer import BEVTPretrainer
-    from bevt.tokenizers import load_tokenizer
-
-    if cfg.pretrain.streams == "image":
-        encoder.patch_embed.requires_grad_(False)
-    elif cfg.pretrain.streams == "video":
-        encoder.patch_embed_2d.requires_grad_(False)
-    return BEVTPretrainer(
-        encoder,
-        tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer.path),
-        streams=cfg.pretrain.streams,
-        video_loss_weight=cfg.pretrain.video_loss_weight,
-    )
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-
-
-def window_of(encoder: nn.Module) -> tuple[int, int, int]:
-    return encoder.layers[0].window_size
 
 
 class BatchStream:
@@ -119,11 +84,16 @@ class PretrainTask:
         return self.streams[self.main_stream].batches_per_epoch
 
     def next_batch(self) -> dict:
-        return {name: next(stream) for name, stream in self.streams.items()}
+        return {name: to_device(next(stream), self.device) for name, stream in self.streams.items()}
+
+    def add_targets(self, model: nn.Module, batch: dict) -> dict:
+        """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer."""
+        pretrainer = unwrap(model)
+        return {**batch, "targets": {name: pretrainer.target_tokens(b[f"{name}_tok"]) for name, b in batch.items()}}
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
-        inputs = {f"{name}_batch": to_device(b, self.device) for name, b in batch.items()}
-        return model(**inputs)
+        inputs = {f"{name}_batch": b for name, b in batch.items() if name != "targets"}
+        return model(**inputs, targets=batch.get("targets"))
 
     def count(self, batch: dict) -> dict[str, int]:
         counts = {}
@@ -139,9 +109,7 @@ class PretrainTask:
         source = self.cfg.run.init_from
         if _is_stage1(source_cfg) and self.cfg.pretrain.streams != "image":
             state = inflate_image_checkpoint(state, window_of(model.encoder))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise CheckpointError(f"{source}: keys the pretrainer does not have: {', '.join(unexpected[:5])}")
+        missing = load_strict(model, state, source, allow_missing=("",))
         log.info("initialised from %s (%d tensors; new: %s)", source, len(state), ", ".join(_roots(missing)) or "none")
 
 
@@ -163,11 +131,13 @@ class FinetuneTask:
             self.mixup = VideoMixup(ft.num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
 
     def next_batch(self) -> dict:
-        return next(self.stream)
+        return to_device(next(self.stream), self.device)
+
+    def add_targets(self, model: nn.Module, batch: dict) -> dict:
+        return batch  # the labels
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
-        video = batch["video"].to(self.device, non_blocking=True)
-        label = batch["label"].to(self.device, non_blocking=True)
+        video, label = batch["video"], batch["label"]
         if self.mixup is not None:
             video, target = self.mixup(video, label)
             logits = model(video)
@@ -190,12 +160,7 @@ class FinetuneTask:
         if _is_stage1(source_cfg):
             encoder = inflate_image_checkpoint(encoder, window_of(model.encoder))
         encoder = resize_bias_tables(encoder, window_of(model.encoder))
-        missing, unexpected = model.load_state_dict(encoder, strict=False)
-        missing = [k for k in missing if not k.startswith("head.")]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{self.cfg.run.init_from} does not fit the encoder: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        load_strict(model, encoder, self.cfg.run.init_from, allow_missing=("head.",))
         log.info("initialised the encoder from %s; the head starts fresh", self.cfg.run.init_from)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bevt.checkpoint import check_keys, preview_keys
 from bevt.errors import CheckpointError
 from bevt.models import MODEL_FLAVORS, create_model, parse_window
 
@@ -55,31 +56,6 @@ def load_checkpoint_file(path):
     return state
 
 
-def load_weights(model, state_dict):
-    """`model.load_state_dict` that fails with a `CheckpointError` naming every bad key."""
-    _check_keys(model.state_dict(), state_dict)
-    model.load_state_dict(state_dict)
-
-
-def _check_keys(expected, state_dict):
-    """Raise `CheckpointError` naming missing, unexpected and mis-shaped keys (at most 8 each)."""
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in sorted(expected.keys() & state_dict.keys()) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_describe_mismatch(missing, unexpected, mismatched))
-
-
-def _describe_mismatch(missing, unexpected, mismatched):
-    def head(keys):
-        return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-    parts = [f"{name}: {head(keys)}" for name, keys in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
-    return "checkpoint does not match the model; " + "; ".join(parts)
-
-
 def encoder_config(state_dict):
     """Encoder kwargs (embed_dim, depths, num_heads, window_size) read off a converted state dict,
     and the flavor they match (None for a custom shape). The spatial window is the flavor's
@@ -112,7 +88,7 @@ def check_converted(state_dict):
     with torch.device("meta"):
         model = create_model(flavor or "swin_t", num_classes=num_classes, **config)
     expected = model.state_dict() if num_classes else {f"encoder.{k}": v for k, v in model.state_dict().items()}
-    _check_keys(expected, state_dict)
+    check_keys(expected, state_dict, "the converted checkpoint")
     return config, flavor
 
 
@@ -227,9 +203,10 @@ def from_torchvision(state_dict):
         else:
             unexpected.append(key)
     if unexpected:
-        raise CheckpointError(_describe_mismatch([], unexpected, []) + " (is this a torchvision swin3d state dict?)")
+        raise CheckpointError(f"the checkpoint does not match the model; unexpected keys: {preview_keys(unexpected)} "
+                              "(is this a torchvision swin3d state dict?)")
     if "patch_embed.proj.weight" not in encoder:
-        raise CheckpointError(_describe_mismatch(["patch_embed.proj.weight"], [], []))
+        raise CheckpointError("the checkpoint does not match the model; missing keys: patch_embed.proj.weight")
     _add_image_stream(encoder)
     return _with_prefix(encoder, head)
 
@@ -255,7 +232,8 @@ def from_official(state_dict, window_size=None):
         else:
             encoder[key] = value
     if "patch_embed.proj.weight" not in encoder:
-        raise CheckpointError(_describe_mismatch(["patch_embed.proj.weight"], [], []) + " (not a Swin checkpoint?)")
+        raise CheckpointError("the checkpoint does not match the model; missing keys: patch_embed.proj.weight "
+                              "(not a Swin checkpoint?)")
 
     is_2d = encoder["patch_embed.proj.weight"].dim() == 4
     if is_2d:

@@ -151,7 +151,7 @@ def visualize_file(input_path: str | Path, out_png: str | Path, checkpoint: str 
         raise UsageError("give --checkpoint (a pretraining run) or --tokenizer (tokenizer rows only)")
     pretrainer, data, masking = None, DataConfig(), MaskingConfig()  # paper defaults: 16x224x224, tubes
     if checkpoint is not None:
-        from bevt.train.checkpoint import load_model_from_checkpoint
+        from bevt.models.build import load_model_from_checkpoint
 
         pretrainer, cfg = load_model_from_checkpoint(checkpoint)
         data, masking = cfg.data, cfg.masking

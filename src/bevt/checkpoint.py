@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,6 @@ EMA_FILE = "ema.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.yaml"
 CLASSES_FILE = "classes.json"
-# Test hook: the process SIGKILLs itself inside the save of this step, after the files are
-# written and before the rename, so a test can check that a half-written checkpoint is ignored.
-KILL_IN_SAVE_ENV = "BEVT_TEST_KILL_IN_SAVE"
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -77,8 +73,6 @@ def save_checkpoint(
         (tmp / CLASSES_FILE).write_text(json.dumps(class_names))
     for path in [*tmp.iterdir(), tmp]:
         _fsync(path)
-    if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     _fsync(final.parent)
@@ -142,32 +136,33 @@ def read_class_names(path: str | Path) -> list[str] | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def load_model_from_checkpoint(path: str | Path, use_ema: bool | None = None):
-    """-> (model in eval mode, config) of a checkpoint or run directory, for evaluate / predict /
-    visualize. `use_ema=None` takes the EMA weights when the checkpoint has them."""
-    from bevt.train.tasks import build_model
-
-    path = resolve_checkpoint(path)
-    config = read_config(path)
-    if use_ema is None:
-        use_ema = (path / EMA_FILE).is_file()
-    model = build_model(config)
-    load_state(model, read_weights(path, ema=use_ema), f"{path}/{EMA_FILE if use_ema else MODEL_FILE}")
-    return model.eval(), config
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> list[str]:
-    """load_state_dict with a readable error; returns the missing keys when not strict."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or (strict and missing):
-        raise CheckpointError(
-            f"{source} does not match the model: missing {_preview(missing)}, unexpected {_preview(unexpected)}"
-        )
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                allow_missing: tuple[str, ...] = ()) -> list[str]:
+    """`module.load_state_dict(state)` that raises one `CheckpointError` naming the missing,
+    unexpected and mis-shaped keys of `source`. Missing keys that start with a prefix in
+    `allow_missing` keep their current values; returns the missing keys."""
+    check_keys(module.state_dict(), state, source, allow_missing)
+    missing, _ = module.load_state_dict(state, strict=False)
     return missing
 
 
-def _preview(keys: list[str]) -> str:
-    return "none" if not keys else ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+def check_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+               allow_missing: tuple[str, ...] = ()) -> None:
+    """Raise `CheckpointError` unless `state` has exactly the keys and shapes of `expected`
+    (missing keys under an `allow_missing` prefix are fine)."""
+    missing = sorted(k for k in expected.keys() - state.keys() if not (allow_missing and k.startswith(allow_missing)))
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(expected.keys() & state.keys()) if expected[k].shape != state[k].shape]
+    parts = [f"{name}: {preview_keys(keys)}" for name, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
+    if parts:
+        raise CheckpointError(f"{source} does not match the model; " + "; ".join(parts))
+
+
+def preview_keys(keys: list[str]) -> str:
+    """The first 8 keys and how many there are in all, for error messages."""
+    return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
 
 # ----------------------------------------------------------------------------------------------

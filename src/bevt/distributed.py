@@ -1,4 +1,4 @@
-"""Processes under torchrun: set-up, per-rank seeding, DDP / FSDP wrapping, metric reductions.
+"""Processes under torchrun: set-up, per-rank seeding, DDP / FSDP wrapping, metric reductions, precision.
 
 Without torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) everything degrades to a single
 process and every helper is a no-op. NCCL on GPUs, gloo on CPU. Multi-node is torchrun's
@@ -31,6 +31,16 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device):
+    """Mixed precision context (bf16 on CPU or GPU, fp16 on GPU); fp32 runs without one."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
 def pick_device(preference: str) -> torch.device:

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 import bevt
-from bevt import demo_report
+from bevt.demo import report as demo_report
 from bevt.config import read_recipe
-from bevt.demo_report import METHODS, TASKS
+from bevt.demo.report import METHODS, TASKS
 from bevt.errors import DataError
 from bevt.train.logging import read_metrics
 
@@ -365,7 +365,7 @@ def write_figures(out: Path, pretrained: dict, bench: dict, seed: int) -> dict[s
     """Pretraining loss curves, and masks with token reconstructions of the BEVT model on a
     temporal-task validation clip and a held-out image; -> {PNG name: caption} of the latter."""
     from bevt.data.datasets import load_annotations
-    from bevt.visualize import visualize_file
+    from bevt.eval.visualize import visualize_file
 
     offsets = {name: pretrained[init]["steps"] for name, (_, init) in PRETRAIN_RUNS.items() if init}
     demo_report.plot_pretraining_curves({name: run["run"] for name, run in pretrained.items()},
@@ -437,9 +437,9 @@ def tubelet_asymmetry(weight: torch.Tensor) -> float:
 
 def tubelet_asymmetry_of_runs(pretrained: dict | None, finetuned: dict, seed: int) -> dict:
     """The video patch embedding's asymmetry where temporal finetuning started and where it ended."""
-    from bevt.convert import inflate_patch_embed
+    from bevt.models.convert import inflate_patch_embed
     from bevt.models import create_model
-    from bevt.train.checkpoint import read_weights
+    from bevt.checkpoint import read_weights
 
     key = "encoder.patch_embed.proj.weight"
     if pretrained is None:
