@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bevt.data.datasets import ImageDataset, load_annotations
+from bevt.config import DataConfig, EvalConfig
 from bevt.data.loader import (
     ResumableLoader,
     ResumableSampler,
@@ -34,21 +35,27 @@ def image_masks(generator):
 
 
 def test_batch_formats(bench):
-    images = next(iter(build_image_pretrain_loader(bench["images_train"], batch_size=3, size=32,
-                                                    mask_generator=image_masks)))
+    images = next(iter(build_image_pretrain_loader(
+        DataConfig(images=bench["images_train"], image_batch_size=3, size=32, short_side=(32, 40), workers=0),
+        image_masks)))
     assert images["image"].shape == (3, 3, 32, 32) and images["image_tok"].shape == (3, 3, 16, 16)
     assert images["mask"].shape == (3, 2, 2) and images["mask"].dtype == torch.bool
-    videos = next(iter(build_video_pretrain_loader(bench["spatial_train"], batch_size=2, clip_len=4,
-                                                    frame_interval=2, size=32, mask_generator=video_masks)))
+    videos = next(iter(build_video_pretrain_loader(
+        DataConfig(train=bench["spatial_train"], video_batch_size=2, frames=4, interval=2, size=32,
+                   short_side=(32, 40), workers=0),
+        video_masks)))
     assert videos["video"].shape == (2, 3, 4, 32, 32) and videos["video_tok"].shape == (2, 3, 4, 16, 16)
     assert videos["mask"].shape == (2, 2, 2, 2) and videos["skipped"] == []
-    finetune = next(iter(build_finetune_loader(
-        bench["temporal_ssv2_train"], labels=bench["temporal_ssv2_labels"], batch_size=2, sampling="segment",
-        clip_len=4, size=32, flip=0.0, randaugment=(2, 7), erasing=0.25,
-    )))
+    finetune = next(iter(build_finetune_loader(DataConfig(
+        train=bench["temporal_ssv2_train"], labels=bench["temporal_ssv2_labels"], video_batch_size=2,
+        sampling="segment", frames=4, size=32, short_side=(32, 40), flip=False, randaugment=(2, 7),
+        random_erasing=0.25, workers=0,
+    ))))
     assert finetune["video"].shape == (2, 3, 4, 32, 32) and finetune["label"].dtype == torch.long
-    evaluation = build_eval_loader(bench["spatial_val"], labels=bench["spatial_classes"], batch_size=4, clip_len=4,
-                                   frame_interval=2, size=32, num_clips=2, num_crops=3)
+    evaluation = build_eval_loader(
+        DataConfig(val=bench["spatial_val"], labels=bench["spatial_classes"], frames=4, interval=2, size=32,
+                   short_side=(32, 40), workers=0),
+        EvalConfig(clips=2, crops=3, batch_size=4))
     batches = list(evaluation)
     assert batches[0]["video"].shape == (4, 6, 3, 4, 32, 32)
     assert sum(len(b["label"]) for b in batches) == 8  # every sample once, none dropped
@@ -113,8 +120,9 @@ def test_resume_mid_epoch_gives_the_same_samples_augmentations_and_masks(bench):
 
 def test_samples_do_not_depend_on_worker_processes(bench):
     def first_batch(workers):
-        loader = build_video_pretrain_loader(bench["temporal_train"], batch_size=4, clip_len=4, frame_interval=1,
-                                             size=32, mask_generator=video_masks, seed=5, num_workers=workers)
+        data = DataConfig(train=bench["temporal_train"], video_batch_size=4, frames=4, interval=1, size=32,
+                          short_side=(32, 40), workers=workers)
+        loader = build_video_pretrain_loader(data, video_masks, seed=5)
         loader.set_epoch(1)
         return next(iter(loader))
 

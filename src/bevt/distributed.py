@@ -67,6 +67,13 @@ def init_distributed(device_preference: str) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, device)
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes: (0, 1) outside a process group."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import torch
 
+from bevt.config import DataConfig, EvalConfig
 from bevt.data.datasets import ImageDataset, VideoDataset, collate, load_annotations, sample_seed
 from bevt.data.sampling import IntervalSampler, SegmentSampler
 from bevt.data.transforms import EvalTransform, FinetuneTransform, PretrainTransform
-from bevt.errors import DataError
+from bevt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -156,91 +156,63 @@ class ResumableLoader:
         self.sampler.load_state_dict(state)
 
 
-def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values, else torch.distributed's, else torchrun's environment, else (0, 1)."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def _loader(dataset, *, batch_size, train, seed, num_workers, rank, world_size) -> ResumableLoader:
-    rank, world_size = rank_and_world_size(rank, world_size)
     sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     return ResumableLoader(dataset, sampler, batch_size=batch_size, num_workers=num_workers, drop_last=train,
                            rewind=not train)
 
 
-def clip_sampler(sampling: str, clip_len: int, frame_interval: int):
-    """"interval" (clip_len frames frame_interval apart) or "segment" (clip_len segments)."""
-    if sampling == "interval":
-        return IntervalSampler(clip_len, frame_interval)
-    if sampling == "segment":
-        return SegmentSampler(clip_len)
-    raise DataError(f"unknown sampling {sampling!r}; choose 'interval' or 'segment'")
+def clip_sampler(data: DataConfig):
+    """`data.sampling`: "interval" (`frames` frames `interval` apart) or "segment" (`frames` segments)."""
+    if data.sampling == "interval":
+        return IntervalSampler(data.frames, data.interval)
+    if data.sampling == "segment":
+        return SegmentSampler(data.frames)
+    raise DataError(f"unknown sampling {data.sampling!r}; choose 'interval' or 'segment'")
 
 
-def build_image_pretrain_loader(
-    images: str, *, batch_size: int, root: str | None = None, size: int = 224,
-    short_side: tuple[int, int] | None = None, color_jitter: float = 0.4, mask_generator=None,
-    seed: int = 0, num_workers: int = 0, rank: int | None = None, world_size: int | None = None,
-) -> ResumableLoader:
-    """Image stream: class folders or a list file -> {"image", "image_tok", "mask", ...}."""
-    annotations = load_annotations(images, root=root)
-    transform = PretrainTransform(size, short_side, color_jitter=color_jitter)
+def build_image_pretrain_loader(data: DataConfig, mask_generator, *, seed: int = 0, rank: int = 0,
+                                world_size: int = 1) -> ResumableLoader:
+    """Image stream of `data.images` -> {"image", "image_tok", "mask", ...}."""
+    annotations = load_annotations(data.images, root=data.root)
+    transform = PretrainTransform(data.size, data.short_side, color_jitter=data.color_jitter)
     dataset = ImageDataset(annotations.samples, transform, seed=seed, mask_generator=mask_generator,
                            class_names=annotations.class_names)
-    return _loader(dataset, batch_size=batch_size, train=True, seed=seed, num_workers=num_workers,
+    return _loader(dataset, batch_size=data.image_batch_size, train=True, seed=seed, num_workers=data.workers,
                    rank=rank, world_size=world_size)
 
 
-def build_video_pretrain_loader(
-    annotations: str, *, batch_size: int, root: str | None = None, labels: str | None = None,
-    clip_len: int = 16, frame_interval: int = 8, size: int = 224, short_side: tuple[int, int] | None = None,
-    mask_generator=None, seed: int = 0, num_workers: int = 0, rank: int | None = None,
-    world_size: int | None = None, backend: str = "pyav",
-) -> ResumableLoader:
-    """Video stream: any annotation format -> {"video", "video_tok", "mask", ...}."""
-    found = load_annotations(annotations, root=root, labels=labels)
+def build_video_pretrain_loader(data: DataConfig, mask_generator, *, seed: int = 0, rank: int = 0,
+                                world_size: int = 1) -> ResumableLoader:
+    """Video stream of `data.train` (any annotation format) -> {"video", "video_tok", "mask", ...}."""
+    found = load_annotations(data.train, root=data.root, labels=data.labels)
     dataset = VideoDataset(
-        found.samples, IntervalSampler(clip_len, frame_interval), PretrainTransform(size, short_side),
-        seed=seed, mask_generator=mask_generator, backend=backend, class_names=found.class_names,
+        found.samples, IntervalSampler(data.frames, data.interval), PretrainTransform(data.size, data.short_side),
+        seed=seed, mask_generator=mask_generator, class_names=found.class_names,
     )
-    return _loader(dataset, batch_size=batch_size, train=True, seed=seed, num_workers=num_workers,
+    return _loader(dataset, batch_size=data.video_batch_size, train=True, seed=seed, num_workers=data.workers,
                    rank=rank, world_size=world_size)
 
 
-def build_finetune_loader(
-    annotations: str, *, batch_size: int, root: str | None = None, labels: str | None = None,
-    sampling: str = "interval", clip_len: int = 32, frame_interval: int = 2, size: int = 224,
-    flip: float = 0.5, randaugment: tuple[int, int] | None = None, erasing: float = 0.0,
-    crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0, num_workers: int = 0,
-    rank: int | None = None, world_size: int | None = None, backend: str = "pyav",
-) -> ResumableLoader:
-    """Finetuning: {"video" (B,3,T,H,W), "label", ...}; shuffled, padded, last batch dropped."""
-    found = load_annotations(annotations, root=root, labels=labels)
-    dataset = VideoDataset(
-        found.samples, clip_sampler(sampling, clip_len, frame_interval),
-        FinetuneTransform(size, scale=crop_scale, flip=flip, randaugment=randaugment, erasing=erasing),
-        seed=seed, backend=backend, class_names=found.class_names,
-    )
-    return _loader(dataset, batch_size=batch_size, train=True, seed=seed, num_workers=num_workers,
+def build_finetune_loader(data: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> ResumableLoader:
+    """Finetuning on `data.train`: {"video" (B,3,T,H,W), "label", ...}; shuffled, padded, last batch dropped."""
+    found = load_annotations(data.train, root=data.root, labels=data.labels)
+    transform = FinetuneTransform(data.size, scale=data.crop_scale, flip=0.5 if data.flip else 0.0,
+                                  randaugment=data.randaugment, erasing=data.random_erasing)
+    dataset = VideoDataset(found.samples, clip_sampler(data), transform, seed=seed, class_names=found.class_names)
+    return _loader(dataset, batch_size=data.video_batch_size, train=True, seed=seed, num_workers=data.workers,
                    rank=rank, world_size=world_size)
 
 
-def build_eval_loader(
-    annotations: str, *, batch_size: int, root: str | None = None, labels: str | None = None,
-    sampling: str = "interval", clip_len: int = 32, frame_interval: int = 2, size: int = 224,
-    num_clips: int = 4, num_crops: int = 3, num_workers: int = 0, rank: int | None = None,
-    world_size: int | None = None, backend: str = "pyav",
-) -> ResumableLoader:
-    """Evaluation: {"video" (B,V,3,T,H,W), "label", "index", ...} with V = num_clips x num_crops;
-    in file order, sharded without padding (every sample is seen once over all ranks)."""
-    found = load_annotations(annotations, root=root, labels=labels)
+def build_eval_loader(data: DataConfig, views: EvalConfig, *, rank: int = 0, world_size: int = 1) -> ResumableLoader:
+    """Evaluation on `data.val`: {"video" (B,V,3,T,H,W), "label", "index", ...} with V = clips x crops
+    of `views`; in file order, sharded without padding (every sample is seen once over all ranks)."""
+    if data.val is None:
+        raise ConfigError("data.val: is required for evaluation (the annotations of the test videos)")
+    found = load_annotations(data.val, root=data.root, labels=data.labels)
     dataset = VideoDataset(
-        found.samples, clip_sampler(sampling, clip_len, frame_interval), EvalTransform(size, num_crops),
-        train=False, num_clips=num_clips, backend=backend, class_names=found.class_names,
+        found.samples, clip_sampler(data), EvalTransform(data.size, views.crops),
+        train=False, num_clips=views.clips, class_names=found.class_names,
     )
-    return _loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=num_workers,
+    return _loader(dataset, batch_size=views.batch_size, train=False, seed=0, num_workers=data.workers,
                    rank=rank, world_size=world_size)

@@ -16,30 +16,17 @@ import torch
 from tqdm import tqdm
 
 from bevt.config import Config, load_config
+from bevt.data.loader import build_eval_loader
 from bevt.errors import CheckpointError, ConfigError, DataError
 from bevt.eval.temporal import MODES, apply_mode
 from bevt.checkpoint import resolve_checkpoint
 from bevt.models.build import load_model_from_checkpoint
-from bevt.distributed import autocast, init_distributed, pick_device, shutdown, sum_over_ranks
+from bevt.distributed import autocast, init_distributed, pick_device, rank_and_world_size, shutdown, sum_over_ranks
 
 
 log = logging.getLogger(__name__)
 
 MODE_TITLES = {"normal": "Normal", "single_frame": "Single-frame", "shuffled": "Random-shuffling"}
-
-
-def eval_loader(cfg: Config):
-    """The loader of `data.val` with the test views of `cfg.eval`."""
-    from bevt.data.loader import build_eval_loader
-
-    data = cfg.data
-    if data.val is None:
-        raise ConfigError("data.val: is required for evaluation (the annotations of the test videos)")
-    return build_eval_loader(
-        data.val, batch_size=cfg.eval.batch_size, root=data.root, labels=data.labels, sampling=data.sampling,
-        clip_len=data.frames, frame_interval=data.interval, size=data.size, num_clips=cfg.eval.clips,
-        num_crops=cfg.eval.crops, num_workers=data.workers,
-    )
 
 
 def load_classifier(checkpoint: str | Path, device: torch.device):
@@ -67,7 +54,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
     """
     device = pick_device(cfg.run.device)
     model, _ = load_classifier(checkpoint, device)
-    loader = eval_loader(cfg)
+    rank, world_size = rank_and_world_size()
+    loader = build_eval_loader(cfg.data, cfg.eval, rank=rank, world_size=world_size)
     modes = MODES if temporal_test else ("normal",)
     generator = torch.Generator().manual_seed(cfg.run.seed)
     hits = torch.zeros(len(modes), 2, dtype=torch.float64, device=device)  # (mode, top-1 / top-5)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from bevt.data.datasets import Sample, VideoDataset
+from bevt.data.loader import clip_sampler
+from bevt.data.transforms import EvalTransform
 from bevt.errors import DataError
 from bevt.eval.classify import load_classifier, view_probabilities
 from bevt.checkpoint import read_class_names, resolve_checkpoint
@@ -22,10 +25,6 @@ from bevt.distributed import pick_device
 @torch.no_grad()
 def predict(videos: list[str], checkpoint: str | Path, top_k: int = 5, device: str = "auto") -> list[dict]:
     """-> [{"video": path, "top": [{"label", "index", "probability"}, ...]}] per video, best first."""
-    from bevt.data.datasets import Sample, VideoDataset
-    from bevt.data.loader import clip_sampler
-    from bevt.data.transforms import EvalTransform
-
     run_device = pick_device(device)
     model, cfg = load_classifier(checkpoint, run_device)
     names = read_class_names(resolve_checkpoint(checkpoint))
@@ -34,7 +33,7 @@ def predict(videos: list[str], checkpoint: str | Path, top_k: int = 5, device: s
             raise DataError(f"video not found: {video}")
     reader = VideoDataset(
         [Sample(str(video), -1) for video in videos],
-        clip_sampler(cfg.data.sampling, cfg.data.frames, cfg.data.interval),
+        clip_sampler(cfg.data),
         EvalTransform(cfg.data.size, cfg.eval.crops),
         train=False,
         num_clips=cfg.eval.clips,

@@ -23,9 +23,13 @@ from torch import nn
 
 from bevt.checkpoint import load_strict
 from bevt.config import Config
+from bevt.data import loader as loaders
+from bevt.data.datasets import SkipCounter
+from bevt.data.transforms import VideoMixup
 from bevt.distributed import unwrap
 from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError, DataError
+from bevt.masking import build_mask_generator
 from bevt.models.build import window_of
 
 log = logging.getLogger(__name__)
@@ -126,8 +130,6 @@ class FinetuneTask:
         ft = cfg.finetune
         self.mixup = None
         if ft.mixup > 0 or ft.cutmix > 0:
-            from bevt.data.transforms import VideoMixup
-
             self.mixup = VideoMixup(ft.num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
 
     def next_batch(self) -> dict:
@@ -176,13 +178,9 @@ def _roots(keys: list[str]) -> list[str]:
 
 
 def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
-    """Build the task of `cfg` with its loaders (data is imported here: it needs PyAV)."""
-    from bevt.data import loader as loaders
-    from bevt.data.datasets import SkipCounter
-    from bevt.masking import build_mask_generator
-
-    data, seed = cfg.data, cfg.run.seed
-    common = dict(seed=seed, num_workers=data.workers, rank=rank, world_size=world_size)
+    """Build the task of `cfg` with its loaders."""
+    data = cfg.data
+    common = dict(seed=cfg.run.seed, rank=rank, world_size=world_size)
     skip_dir = Path(cfg.run.out) / "skipped"
 
     def stream(loader, key):
@@ -192,12 +190,7 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
         return BatchStream(loader, SkipCounter(data.max_skip_fraction), skip_dir, rank)
 
     if cfg.task == "finetune":
-        loader = loaders.build_finetune_loader(
-            data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels,
-            sampling=data.sampling, clip_len=data.frames, frame_interval=data.interval, size=data.size,
-            flip=0.5 if data.flip else 0.0, randaugment=data.randaugment, erasing=data.random_erasing,
-            crop_scale=data.crop_scale, **common,
-        )
+        loader = loaders.build_finetune_loader(data, **common)
         class_names = loader.dataset.class_names  # read with the annotations, not a second time
         return FinetuneTask(cfg, stream(loader, "data.train"), class_names, device)
 
@@ -206,17 +199,10 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
     mask_options = dict(ratio=masking.ratio, min_cells=masking.min_cells)
     streams = {}
     if cfg.pretrain.streams in ("image", "joint"):
-        streams["image"] = stream(loaders.build_image_pretrain_loader(
-            data.images, batch_size=data.image_batch_size, size=data.size, short_side=data.short_side,
-            color_jitter=data.color_jitter, mask_generator=build_mask_generator("blockwise", grid, **mask_options),
-            **common,
-        ), "data.images")
+        image_masks = build_mask_generator("blockwise", grid, **mask_options)
+        streams["image"] = stream(loaders.build_image_pretrain_loader(data, image_masks, **common), "data.images")
     if cfg.pretrain.streams in ("video", "joint"):
         video_masks = build_mask_generator(masking.video, (data.frames // 2, *grid), tube_length=masking.tube_length,
                                            wrap=masking.wrap, **mask_options)
-        streams["video"] = stream(loaders.build_video_pretrain_loader(
-            data.train, batch_size=data.video_batch_size, root=data.root, labels=data.labels, clip_len=data.frames,
-            frame_interval=data.interval, size=data.size, short_side=data.short_side, mask_generator=video_masks,
-            **common,
-        ), "data.train")
+        streams["video"] = stream(loaders.build_video_pretrain_loader(data, video_masks, **common), "data.train")
     return PretrainTask(cfg, streams, device)
