@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from bevt.config import load_config
+from bevt.train.main import train_tokenizer
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
@@ -9,3 +12,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_tiny_tokenizer(images, out, size: int = 32, steps_per_epoch_batch: int = 8, epochs: float = 1.0,
+                         width: int = 8, codebook_size: int = 32, overrides=()):
+    """A VQ tokenizer for `size`-px model inputs (it sees size/2), trained briefly by the one loop."""
+    cfg = load_config("tokenizer_vq", [
+        f"data.images={images}", f"run.out={out}", f"data.size={size}", f"data.short_side=[{size},{size + size // 4}]",
+        f"vq.width={width}", f"vq.codebook_size={codebook_size}", "vq.code_dim=8",
+        f"data.image_batch_size={steps_per_epoch_batch}", f"optim.epochs={epochs}", "data.workers=0",
+        "run.device=cpu", "run.log_every=1", *overrides,
+    ])
+    return train_tokenizer(cfg)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bevt import demo, demo_report
+from bevt.demo import report as demo_report
+from bevt.demo import run as demo
 from bevt.cli import main
 from bevt.config import read_recipe
 

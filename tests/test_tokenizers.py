@@ -15,7 +15,9 @@ from bevt.tokenizers.dalle import (
     convert_official_state_dict,
     map_pixels,
 )
-from bevt.tokenizers.vq import VQTokenizer, train_vq_tokenizer
+from bevt.tokenizers.vq import VQTokenizer
+from bevt.train.logging import read_metrics
+from conftest import train_tiny_tokenizer
 
 dall_e = pytest.importorskip("dall_e")  # test-only reference implementation
 
@@ -141,17 +143,15 @@ def image_folder(tmp_path):
     return tmp_path / "images"
 
 
-def test_train_vq_tokenizer(image_folder, tmp_path):
+def test_vq_tokenizer_trains_in_the_one_loop(image_folder, tmp_path):
     out = tmp_path / "vq"
-    metrics = train_vq_tokenizer(
-        image_folder, out, size=16, width=8, codebook_size=16, code_dim=8, steps=6, batch_size=4,
-        checkpoint_every=3, progress=False,
-    )
-    assert {"psnr_db", "codebook_usage", "perplexity", "seconds"} <= set(metrics)
-    assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 16
-    assert metrics["tokenizer_dir"] == str(out)
-    assert (out / "checkpoints" / "step_000003.safetensors").is_file()
-    assert json.loads((out / "metrics.json").read_text())["psnr_db"] == pytest.approx(metrics["psnr_db"])
+    # 12 images, batches of 4: 3 steps per epoch, 2 epochs, a checkpoint every 3 steps
+    assert train_tiny_tokenizer(image_folder, out, size=32, steps_per_epoch_batch=4, epochs=2,
+                                codebook_size=16, overrides=["run.checkpoint_every=3"]) == out
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert {"loss", "psnr", "codes_used", "lr"} <= set(metrics[-1])
+    assert (out / "checkpoints" / "step_0000006").is_dir() and (out / "config.yaml").is_file()
 
     tokenizer = load_tokenizer(out)
     assert isinstance(tokenizer, VQTokenizer) and tokenizer.vocab_size == 16
@@ -159,13 +159,15 @@ def test_train_vq_tokenizer(image_folder, tmp_path):
     ids = tokenizer.encode(pixels)
     assert ids.shape == (3, 2, 3) and 0 <= ids.min() and ids.max() < 16
     assert tokenizer.decode(ids).shape == (3, 3, 16, 24)
-    assert load_tokenizer(out / "checkpoints").encode(pixels).shape == ids.shape  # the latest checkpoint
 
 
 def test_train_vq_cli(image_folder, tmp_path, capsys):
     out = tmp_path / "vq_cli"
-    args = ["tokenizer", "train", "--images", str(image_folder), "--out", str(out), "--size", "16", "--width", "8"]
-    assert main(args + ["--codebook-size", "16", "--steps", "3", "--batch-size", "4"]) == 0
-    assert "psnr_db" in capsys.readouterr().out
+    args = ["tokenizer", "train", "--images", str(image_folder), "--out", str(out), "data.size=32",
+            "data.short_side=[32,40]", "vq.width=8", "vq.codebook_size=16", "vq.code_dim=8", "data.image_batch_size=4",
+            "optim.epochs=1", "data.workers=0", "run.device=cpu"]
+    assert main(args) == 0
+    assert f"tokenizer.path={out}" in capsys.readouterr().out
     assert load_tokenizer(out).vocab_size == 16
-    assert main(["tokenizer", "train", "--images", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert main(["tokenizer", "train", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["tokenizer", "train", "--config", "tiny_joint", "--images", str(image_folder), "--out", str(out)]) == 2

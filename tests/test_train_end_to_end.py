@@ -24,7 +24,7 @@ from bevt.cli import main
 from bevt.config import load_config
 from bevt.models.convert import inflate_patch_embed
 from bevt.data.synthetic import make_synthetic_benchmark
-from bevt.tokenizers.vq import train_vq_tokenizer
+from conftest import train_tiny_tokenizer
 from bevt.checkpoint import complete_checkpoints, read_weights
 from bevt.train.logging import read_metrics
 from bevt.train.main import read_init_weights
@@ -39,8 +39,7 @@ def bench(tmp_path_factory):
     paths = make_synthetic_benchmark(str(root), size=64, frames=16, images_per_class=4, val_images_per_class=1,
                                      videos_per_class=3, val_videos_per_class=2)
     tokenizer = root / "tokenizer"
-    train_vq_tokenizer(paths["images_train"], tokenizer, size=32, width=8, codebook_size=32, steps=3, batch_size=8,
-                       progress=False)
+    train_tiny_tokenizer(paths["images_train"], tokenizer, size=64, epochs=0.1)
     paths["tokenizer"] = str(tokenizer)
     return paths
 

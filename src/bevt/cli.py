@@ -62,17 +62,13 @@ def _add_tokenizer(sub):
         action="store_true",
         help="required: the official files are pickled modules and unpickling runs their code",
     )
-    tr = tsub.add_parser("train", help="train bevt's own VQ tokenizer on a folder of images")
-    tr.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    tr.add_argument("--out", required=True, help="output directory (checkpoints, tokenizer.safetensors)")
-    tr.add_argument("--size", type=int, default=112, help="tokenizer input size (half the model input)")
-    tr.add_argument("--codebook-size", type=int, default=512)
-    tr.add_argument("--width", type=int, default=64, help="base channel width")
-    tr.add_argument("--steps", type=int, default=2000)
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr = tsub.add_parser("train", help="train bevt's own VQ tokenizer on images (the one training loop)")
+    tr.add_argument("--images", required=True, help="image folder (class folders) or list file: data.images")
+    tr.add_argument("--out", required=True, help="run directory: checkpoints, then tokenizer.json + weights: run.out")
+    tr.add_argument("--config", default="tokenizer_vq", help="tokenizer recipe (default tokenizer_vq)")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.size=64 vq.codebook_size=256")
+    tr.add_argument("--dry-run", action="store_true", help="build model, optimizer and schedule, check data paths, stop")
+    tr.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint in --out) or a path")
     return _run_tokenizer
 
 
@@ -81,9 +77,9 @@ def _run_tokenizer(args):
         from bevt.tokenizers.dalle import run_import_dalle
 
         return run_import_dalle(args)
-    from bevt.tokenizers.vq import run_train_vq
+    from bevt.train.main import run_tokenizer_training
 
-    return run_train_vq(args)
+    return run_tokenizer_training(args)
 
 
 def _add_visualize(sub):

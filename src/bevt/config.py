@@ -74,6 +74,18 @@ class TokenizerConfig:
 
 
 @dataclass
+class VQConfig:
+    width: int = doc(64, "VQ tokenizer: base channel width of its conv encoder / decoder")
+    codebook_size: int = doc(512, "VQ tokenizer: number of codes (the pretrainer's vocabulary)")
+    code_dim: int = doc(32, "VQ tokenizer: dimension of a code vector")
+
+    def __post_init__(self):
+        _check(self.width >= 1, "width", "must be >= 1")
+        _check(self.codebook_size >= 2, "codebook_size", "must be >= 2")
+        _check(self.code_dim >= 1, "code_dim", "must be >= 1")
+
+
+@dataclass
 class DataConfig:
     images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths")
     train: str | None = doc(None, "training videos: list file, Kinetics CSV, SSv2 / Diving48 json, or class folders")
@@ -194,10 +206,12 @@ class RunConfig:
 
 @dataclass
 class Config:
-    task: Literal["pretrain", "finetune"] = doc("pretrain", "which verb runs this recipe")
+    task: Literal["pretrain", "finetune", "tokenizer"] = doc(
+        "pretrain", "which verb runs this recipe: bevt pretrain, bevt finetune, bevt tokenizer train")
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -217,12 +231,16 @@ class Config:
                    "must be even with mixup / cutmix (clips are mixed in pairs)")
 
     def describe(self) -> str:
-        return f"pretraining with streams={self.pretrain.streams}" if self.task == "pretrain" else "finetuning"
+        if self.task == "pretrain":
+            return f"pretraining with streams={self.pretrain.streams}"
+        return "finetuning" if self.task == "finetune" else "tokenizer training"
 
     def required_paths(self) -> list[str]:
         """Config keys of the inputs this task reads."""
         if self.task == "finetune":
             return ["data.train"]
+        if self.task == "tokenizer":
+            return ["data.images"]
         keys = ["tokenizer.path"]
         if self.pretrain.streams in ("image", "joint"):
             keys.append("data.images")

@@ -109,7 +109,7 @@ def scale_markdown(results: dict) -> str:
         ("Input", f"{data['frames']} frames x {data['size']} x {data['size']} px"),
         ("Tokenizer", f"VQ, {tokenizer['codebook_size']} codes on {data['size'] // 2}-px views, "
                       f"{steps['tokenizer']} steps: {tokenizer['psnr_db']:.1f} dB PSNR, "
-                      f"{100 * tokenizer['codebook_usage']:.0f}% of codes used"),
+                      f"{100 * tokenizer['codes_used']:.0f}% of codes used per batch"),
         ("Image set", f"{data['images']} images of {data['image_classes']} classes (labels unused)"),
         ("Video pretraining set", f"{data['pretrain_videos']} clips: the training clips of both tasks "
                                   "(labels unused)"),

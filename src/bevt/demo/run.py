@@ -28,9 +28,10 @@ import torch
 
 import bevt
 from bevt.demo import report as demo_report
-from bevt.config import read_recipe
+from bevt.config import load_config, read_recipe
 from bevt.demo.report import METHODS, TASKS
 from bevt.errors import DataError
+from bevt.train import main as training
 from bevt.train.logging import read_metrics
 
 # Pretraining runs: name -> (streams, the run it is initialised from).
@@ -199,14 +200,20 @@ def make_benchmark(directory: Path, scale: DemoScale, seed: int) -> dict:
 
 
 def train_tokenizer(directory: Path, bench: dict, scale: DemoScale, seed: int) -> dict:
-    from bevt.tokenizers.vq import train_vq_tokenizer
-
-    metrics = train_vq_tokenizer(
-        bench["paths"]["images_train"], directory, size=scale.size // 2, width=32,
-        codebook_size=scale.codebook_size, steps=scale.tokenizer_steps, batch_size=32, seed=seed,
-        checkpoint_every=scale.tokenizer_steps,
-    )
-    return {"path": str(directory), "codebook_size": scale.codebook_size, **metrics}
+    """bevt's VQ tokenizer on the benchmark's training images, by the one training loop."""
+    overrides = [
+        _set("data.images", bench["paths"]["images_train"]), _set("run.out", str(directory)),
+        _set("data.size", scale.size), _set("data.short_side", [scale.size, scale.size + scale.size // 4]),
+        _set("vq.width", 32), _set("vq.codebook_size", scale.codebook_size), _set("data.workers", 0),
+        _set("run.seed", seed), _set("run.device", "cpu"), _set("run.checkpoint_every", scale.tokenizer_steps),
+        _set("run.log_every", max(1, scale.tokenizer_steps // 20)),
+        *_length("tokenizer_vq", scale.tokenizer_steps, bench["counts"]["images_train"], "image_batch_size"),
+        _set("optim.warmup_epochs", 0),
+    ]
+    training.train_tokenizer(load_config("tokenizer_vq", overrides))
+    last = read_metrics(directory)[-1]
+    return {"path": str(directory), "codebook_size": scale.codebook_size, "psnr_db": last["psnr"],
+            "codes_used": last["codes_used"]}
 
 
 def _set(key: str, value) -> str:

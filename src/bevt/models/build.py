@@ -1,7 +1,7 @@
 """Config -> module, and run directory -> module: what training, evaluation and the demo build.
 
-`build_model(cfg)` is the module a run trains: the classifier (finetune) or the pretrainer with its
-frozen tokenizer. `load_model_from_checkpoint(path)` rebuilds it from a finished checkpoint with the
+`build_model(cfg)` is the module a run trains: the classifier (finetune), the pretrainer with its
+frozen tokenizer (pretrain), or a VQ tokenizer (tokenizer). `load_model_from_checkpoint(path)` rebuilds it from a finished checkpoint with the
 config saved beside the weights, for evaluate / predict / visualize.
 """
 
@@ -16,6 +16,7 @@ from bevt.config import Config
 from bevt.models import VideoClassifier, create_model
 from bevt.models.pretrainer import BEVTPretrainer
 from bevt.tokenizers import load_tokenizer
+from bevt.tokenizers.vq import VQTokenizer
 
 
 def encoder_kwargs(cfg: Config) -> dict:
@@ -26,12 +27,14 @@ def encoder_kwargs(cfg: Config) -> dict:
 
 
 def build_model(cfg: Config, tokenizer=None) -> nn.Module:
-    """The trained module of a config: the classifier (finetune) or the pretrainer with its frozen
-    tokenizer (read from `tokenizer.path` unless one is passed).
+    """The trained module of a config: the classifier (finetune), the pretrainer with its frozen
+    tokenizer (read from `tokenizer.path` unless one is passed), or a VQ tokenizer to train.
 
     Encoder parts the task never runs are frozen, so AdamW and DDP skip them: the image stream's
     patch embedding and the mask token in finetuning, the other stream's embedding in BEVT-I / -V.
     """
+    if cfg.task == "tokenizer":
+        return VQTokenizer(width=cfg.vq.width, codebook_size=cfg.vq.codebook_size, code_dim=cfg.vq.code_dim)
     encoder = create_model(cfg.model.name, **encoder_kwargs(cfg))
     if cfg.task == "finetune":
         encoder.patch_embed_2d.requires_grad_(False)

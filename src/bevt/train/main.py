@@ -1,7 +1,9 @@
-"""`bevt pretrain` / `bevt finetune`: config -> task -> model, optimizer, schedule -> the loop.
+"""`bevt pretrain` / `bevt finetune` / `bevt tokenizer train`: config -> task -> model, optimizer,
+schedule -> the loop.
 
 `train(cfg, resume=None)` is the whole run as a function (the CLI and the demo call it); it
-returns the final checkpoint's directory. `dry_run(cfg)` builds model, optimizer and schedule
+returns the final checkpoint's directory. `train_tokenizer` runs a `tokenizer` recipe and then
+writes the trained VQ tokenizer into run.out, where `tokenizer.path` of a pretraining recipe reads it. `dry_run(cfg)` builds model, optimizer and schedule
 without data or weights and then reports every missing input path at once.
 """
 
@@ -42,6 +44,33 @@ def run_training(args) -> int:
     return 0
 
 
+def run_tokenizer_training(args) -> int:
+    """CLI entry of `bevt tokenizer train --images DIR --out DIR [--config RECIPE] [key=value ...]`."""
+    overrides = [f"data.images={args.images}", f"run.out={args.out}", *args.overrides]
+    cfg = load_config(args.config, overrides)
+    if cfg.task != "tokenizer":
+        raise ConfigError(f"task={cfg.task!r}: {args.config} is a {cfg.task} recipe, not a tokenizer one")
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    path = train_tokenizer(cfg, resume=args.resume)
+    if path is not None:
+        print(f"tokenizer written to {path}; use it with tokenizer.path={path}")
+    return 0
+
+
+def train_tokenizer(cfg: Config, resume: str | None = None) -> Path | None:
+    """Train the VQ tokenizer of `cfg` and save it (tokenizer.json + weights) into run.out; returns
+    that directory on rank 0 (None on other ranks)."""
+    final = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    tokenizer = build_model(cfg)
+    ckpt.load_strict(tokenizer, ckpt.read_weights(final), str(final))
+    tokenizer.eval().save(cfg.run.out)
+    return Path(cfg.run.out)
+
+
 def input_paths(cfg: Config) -> dict[str, str]:
     """Config key -> path of every file or folder the run reads."""
     keys = cfg.required_paths() + ["data.root", "data.labels", "data.val", "run.init_from"]
@@ -68,7 +97,9 @@ def _check_run_options(cfg: Config, device: torch.device) -> None:
 
 
 def encoder_depths(model: torch.nn.Module) -> tuple[int, ...]:
-    return tuple(len(stage.blocks) for stage in model.encoder.layers)
+    """Blocks per Swin stage, for layer-wise lr decay; () for a model without a Swin encoder."""
+    encoder = getattr(model, "encoder", None)
+    return tuple(len(stage.blocks) for stage in encoder.layers) if hasattr(encoder, "layers") else ()
 
 
 def dry_run(cfg: Config) -> None:
@@ -222,4 +253,4 @@ def _restore(start: Path, env: DistEnv, model, optimizer, scaler, ema, task, sta
 
 
 def _describe(cfg: Config) -> str:
-    return f"pretrain[{cfg.pretrain.streams}]" if cfg.task == "pretrain" else "finetune"
+    return f"pretrain[{cfg.pretrain.streams}]" if cfg.task == "pretrain" else cfg.task

@@ -5,6 +5,7 @@
   image batch and one video batch per micro-step; the image loader cycles through its epochs
   independently of the video loader, whose epochs define the run's length.
 - `FinetuneTask`: video classification with label smoothing and optional mixup / cutmix.
+- `VQTokenizerTask`: bevt's own VQ tokenizer learns to reconstruct the tokenizer view of images.
 
 Both expose `next_batch()` (on the device), `add_targets(model, batch)` (the frozen tokenizer's
 tokens, timed apart by the loop), `forward(model, batch) -> {"loss", ...}`, `count(batch)`, the
@@ -31,6 +32,7 @@ from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError, DataError
 from bevt.masking import build_mask_generator
 from bevt.models.build import window_of
+from bevt.tokenizers.vq import psnr
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,39 @@ class FinetuneTask:
         log.info("initialised the encoder from %s; the head starts fresh", self.cfg.run.init_from)
 
 
+class VQTokenizerTask:
+    """Reconstruction of the image stream's tokenizer view (half the model input) through the
+    codebook: mean squared error + the quantizer's commitment loss. The codebook itself follows
+    the encoder by EMA inside the module's forward."""
+
+    def __init__(self, cfg: Config, stream, device: torch.device):
+        self.cfg = cfg
+        self.stream = stream
+        self.device = device
+        self.batches_per_epoch = stream.batches_per_epoch
+        self.streams = {"image": stream}
+        self.class_names = None
+
+    def next_batch(self) -> dict:
+        return to_device(next(self.stream), self.device)
+
+    def add_targets(self, model: nn.Module, batch: dict) -> dict:
+        return batch  # the pixels are the targets
+
+    def forward(self, model: nn.Module, batch: dict) -> dict:
+        pixels = batch["image_tok"]  # (B,3,H/2,W/2) in [0, 1]
+        reconstruction, ids, commit_loss = model(pixels)
+        loss = F.mse_loss(reconstruction.float(), pixels) + commit_loss
+        codes_used = torch.zeros(unwrap(model).vocab_size, device=ids.device).index_fill_(0, ids.flatten(), 1).mean()
+        return {"loss": loss, "psnr": psnr(reconstruction.detach().float(), pixels).mean(), "codes_used": codes_used}
+
+    def count(self, batch: dict) -> dict[str, int]:
+        return {"images": len(batch["image_tok"])}
+
+    def init_weights(self, model: nn.Module, state: dict[str, torch.Tensor], source_cfg: Config | None) -> None:
+        load_strict(model, state, self.cfg.run.init_from)
+
+
 def _is_stage1(source_cfg: Config | None) -> bool:
     """Whether a checkpoint's config is an image-stream (stage 1) pretraining run's: its video
     patch embedding and its bias rows of temporal offsets other than 0 were never trained."""
@@ -189,6 +224,9 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
                             f"on each of {world_size} process(es)")
         return BatchStream(loader, SkipCounter(data.max_skip_fraction), skip_dir, rank)
 
+    if cfg.task == "tokenizer":
+        return VQTokenizerTask(cfg, stream(loaders.build_image_pretrain_loader(data, None, **common), "data.images"),
+                               device)
     if cfg.task == "finetune":
         loader = loaders.build_finetune_loader(data, **common)
         class_names = loader.dataset.class_names  # read with the annotations, not a second time
