@@ -11,11 +11,12 @@ TINY_RECIPES = [name for name in recipe_names() if name.startswith("tiny_")]
 
 
 def test_recipes_are_shipped():
-    assert TINY_RECIPES == ["tiny_finetune", "tiny_image", "tiny_joint", "tiny_video"]
+    assert TINY_RECIPES == ["tiny_finetune", "tiny_image", "tiny_joint", "tiny_tokenizer", "tiny_video"]
+    assert "tokenizer_vq" in recipe_names()
     assert len(PAPER_RECIPES) == 10  # stage 1, stage 2, BEVT-V, 3 finetunings, 4 Table-8 strategies
 
 
-@pytest.mark.parametrize("name", PAPER_RECIPES + TINY_RECIPES)
+@pytest.mark.parametrize("name", PAPER_RECIPES + TINY_RECIPES + ["tokenizer_vq"])
 def test_recipe_round_trips(name):
     cfg = load_config(name)
     assert config_from_dict(config_to_dict(cfg)) == cfg

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch import nn
 
 from bevt.errors import ConfigError
@@ -91,8 +95,6 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
     if env.world_size == 1:
         return model
     if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for module in model.modules():
             if type(module).__name__ == "SwinBlock":
                 fully_shard(module)
@@ -130,16 +132,12 @@ def _is_fsdp(model: nn.Module) -> bool:
 
 
 def _full_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded weights (under FSDP a collective: every rank must call it)."""
     if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         return get_model_state_dict(model, options=_full_options())
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
@@ -147,16 +145,12 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Unsharded optimizer state (under FSDP a collective, keyed by parameter name)."""
     if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         return get_optimizer_state_dict(model, optimizer, options=_full_options())
     return optimizer.state_dict()
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
         set_optimizer_state_dict(model, optimizer, state, options=_full_options())
     else:
         optimizer.load_state_dict(state)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 MASK_KINDS = ("blockwise", "tube", "frame_diff", "random_frame", "random3d")
-PATCHES_PER_CELL = 4  # one 16x16-pixel cell = 4x4 patches of 4x4 pixels
+CELL = 16  # pixels of the model input per mask / token cell (8 of the half-size tokenizer view)
+PATCHES_PER_CELL = CELL // 4  # a cell is 4x4 patches of 4x4 pixels
 FRAMES_PER_STEP = 2  # the video patch embedding merges 2 frames into one temporal step
 
 

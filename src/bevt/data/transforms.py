@@ -17,6 +17,7 @@ import contextlib
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import Mixup
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -170,8 +171,6 @@ class VideoMixup:
     def __init__(
         self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, label_smoothing: float = 0.1
     ):
-        from timm.data import Mixup
-
         self.mixup = Mixup(
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,

@@ -17,14 +17,34 @@ from pathlib import Path
 
 import torch
 
+from PIL import Image
+from torchvision.transforms import v2
+
+from bevt.config import DataConfig, MaskingConfig
+from bevt.data.datasets import IMAGE_EXTENSIONS
+from bevt.data.decode import read_clip
+from bevt.data.sampling import IntervalSampler
+from bevt.data.transforms import normalize, to_video, tokenizer_view
 from bevt.errors import DataError, UsageError
-from bevt.masking import build_mask_generator, mask_to_token_grid
+from bevt.masking import CELL, build_mask_generator, mask_to_token_grid
+from bevt.models.build import load_model_from_checkpoint
+from bevt.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CELL = 16  # pixels of the model input per token cell
 MAX_COLUMNS = 8  # frames shown for a clip (evenly spaced)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files (Agg); matplotlib is the optional extra bevt[viz]."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("figures need matplotlib: pip install 'bevt[viz]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _to_frames_u8(pixels: torch.Tensor) -> torch.Tensor:
@@ -47,13 +67,7 @@ def make_reconstruction_figure(pretrainer, tokenizer, pixels: torch.Tensor, mask
     `pretrainer` may be None (input, mask and tokenizer rows only). Returns {"path",
     "masked_accuracy"} (None without a pretrainer).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bevt.data.transforms import normalize, tokenizer_view
-
+    plt = pyplot()
     is_clip = pixels.dim() == 4
     frames_u8 = _to_frames_u8(pixels.cpu())  # (T,3,H,W)
     num_frames, _, height, width = frames_u8.shape
@@ -118,41 +132,27 @@ def make_reconstruction_figure(pretrainer, tokenizer, pixels: torch.Tensor, mask
 def _read_input(path: Path, size: int, frames: int, interval: int) -> torch.Tensor:
     """An image -> (3,size,size), a video -> its centred clip (3,frames,size,size); float in [0,1].
     Short side resized to `size`, then a centre crop (the evaluation geometry)."""
-    from torchvision.transforms import v2
-
-    from bevt.data.transforms import to_video
-
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image
-
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
         with Image.open(path) as image:
             frames_u8 = torch.as_tensor(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
             frames_u8 = frames_u8.view(1, image.height, image.width, 3)
     else:
-        from bevt.data.decode import read_clip
-        from bevt.data.sampling import IntervalSampler
-
         frames_u8 = torch.as_tensor(read_clip(str(path), IntervalSampler(frames, interval))[0])
     clip = v2.functional.center_crop(v2.functional.resize(to_video(frames_u8), size, antialias=True), size)
     pixels = clip.as_subclass(torch.Tensor).float().div(255).transpose(0, 1)  # (3,T,size,size)
-    return pixels[:, 0] if path.suffix.lower() in IMAGE_SUFFIXES else pixels
+    return pixels[:, 0] if path.suffix.lower() in IMAGE_EXTENSIONS else pixels
 
 
 def visualize_file(input_path: str | Path, out_png: str | Path, checkpoint: str | Path | None = None,
                    tokenizer: str | Path | None = None, seed: int = 0) -> dict:
     """The figure for an image or video file: model, input size, clip length and masking come
     from the pretraining checkpoint's config; without a checkpoint, only the tokenizer rows."""
-    from bevt.config import DataConfig, MaskingConfig
-    from bevt.tokenizers import load_tokenizer
-
     if checkpoint is None and tokenizer is None:
         raise UsageError("give --checkpoint (a pretraining run) or --tokenizer (tokenizer rows only)")
     pretrainer, data, masking = None, DataConfig(), MaskingConfig()  # paper defaults: 16x224x224, tubes
     if checkpoint is not None:
-        from bevt.models.build import load_model_from_checkpoint
-
         pretrainer, cfg = load_model_from_checkpoint(checkpoint)
         data, masking = cfg.data, cfg.masking
         if not hasattr(pretrainer, "predict_tokens"):

@@ -15,8 +15,7 @@ from bevt.checkpoint import EMA_FILE, MODEL_FILE, load_strict, read_config, read
 from bevt.config import Config
 from bevt.models import VideoClassifier, create_model
 from bevt.models.pretrainer import BEVTPretrainer
-from bevt.tokenizers import load_tokenizer
-from bevt.tokenizers.vq import VQTokenizer
+from bevt.tokenizers import load_tokenizer, vq_tokenizer_class
 
 
 def encoder_kwargs(cfg: Config) -> dict:
@@ -34,6 +33,7 @@ def build_model(cfg: Config, tokenizer=None) -> nn.Module:
     patch embedding and the mask token in finetuning, the other stream's embedding in BEVT-I / -V.
     """
     if cfg.task == "tokenizer":
+        VQTokenizer = vq_tokenizer_class()
         return VQTokenizer(width=cfg.vq.width, codebook_size=cfg.vq.codebook_size, code_dim=cfg.vq.code_dim)
     encoder = create_model(cfg.model.name, **encoder_kwargs(cfg))
     if cfg.task == "finetune":

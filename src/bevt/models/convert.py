@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from bevt.checkpoint import check_keys, preview_keys
 from bevt.errors import CheckpointError
@@ -42,8 +43,6 @@ def load_checkpoint_file(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # lazy: `import bevt` needs only torch
-
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or pickles objects beyond plain tensors
@@ -271,8 +270,6 @@ def run_convert(args):
         "num_classes": str(num_classes or 0),
         "converted_from": f"{args.source}:{Path(args.input).name}",
     }
-    from safetensors.torch import save_file
-
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in converted.items()}, args.output, metadata=metadata)
     print(f"wrote {args.output}: {flavor or 'custom'} window {metadata['window_size']}, "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bevt.errors import CheckpointError
+from bevt.errors import CheckpointError, UsageError
 from bevt.tokenizers.base import Tokenizer, read_tokenizer_json
+from bevt.tokenizers.dalle import DalleTokenizer
 
 
 def load_tokenizer(path_or_dir: str | Path, **options) -> Tokenizer:
@@ -15,14 +16,19 @@ def load_tokenizer(path_or_dir: str | Path, **options) -> Tokenizer:
     """
     spec = read_tokenizer_json(path_or_dir)
     if spec["kind"] == "dalle":
-        from bevt.tokenizers.dalle import DalleTokenizer
-
         return DalleTokenizer.from_dir(spec["directory"], **options)
     if spec["kind"] == "vq":
-        from bevt.tokenizers.vq import VQTokenizer
-
-        return VQTokenizer.from_dir(spec["directory"])
+        return vq_tokenizer_class().from_dir(spec["directory"])
     raise CheckpointError(f"{spec['directory']}: unknown tokenizer kind {spec['kind']!r} (expected 'dalle' or 'vq')")
 
 
-__all__ = ["Tokenizer", "load_tokenizer"]
+def vq_tokenizer_class():
+    """`VQTokenizer`, whose quantizer comes from the optional vector-quantize-pytorch package."""
+    try:
+        from bevt.tokenizers.vq import VQTokenizer  # optional extra: bevt[vq]
+    except ImportError as err:
+        raise UsageError(f"bevt's VQ tokenizer needs vector-quantize-pytorch ({err}): pip install 'bevt[vq]'") from None
+    return VQTokenizer
+
+
+__all__ = ["Tokenizer", "load_tokenizer", "vq_tokenizer_class"]

@@ -7,6 +7,7 @@ after the checkpoint's step, so the records read as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 BAR_KEYS = ("loss", "acc_image", "acc_video", "acc", "lr", "clips_per_s", "images_per_s")
@@ -63,11 +66,9 @@ class RunLogger:
         self.enabled = enabled
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         self.path = Path(run_dir) / METRICS_FILE
         _truncate_after(self.path, start_step)
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.writer = _tensorboard_writer(Path(run_dir) / "tensorboard", start_step)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def advance(self) -> None:
@@ -79,14 +80,27 @@ class RunLogger:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
         self.bar.set_postfix({k: _bar_text(metrics[k]) for k in BAR_KEYS if k in metrics}, refresh=False)
 
     def close(self) -> None:
         if self.enabled:
             self.bar.close()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _tensorboard_writer(directory: Path, start_step: int):
+    """A TensorBoard writer that drops events after `start_step` on resume; None (with a note)
+    when the optional tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # optional extra: bevt[tensorboard]
+    except ImportError:
+        log.info("tensorboard is not installed (pip install 'bevt[tensorboard]'): metrics go to %s only", METRICS_FILE)
+        return None
+    return SummaryWriter(str(directory), purge_step=start_step + 1 if start_step else None)
 
 
 def _truncate_after(path: Path, step: int) -> None:

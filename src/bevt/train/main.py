@@ -27,6 +27,9 @@ from bevt.train.logging import RunLogger
 from bevt.train.loop import Schedule, train as run_loop
 from bevt.train.optim import build_optimizer
 from bevt.models.build import build_model
+from bevt.models.convert import load_checkpoint_file
+from bevt.tokenizers import load_tokenizer
+from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
 from bevt.train.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -134,11 +137,7 @@ def _tokenizer_or_stand_in(path: str):
     """The configured tokenizer, or (while it does not exist) an untrained DALL-E dVAE on the meta
     device with the paper's 8192 codes, so the pretrainer's token head has its real size."""
     if Path(path).exists():
-        from bevt.tokenizers import load_tokenizer
-
         return load_tokenizer(path)
-    from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
-
     with torch.device("meta"):
         return DalleTokenizer(DalleEncoder())
 
@@ -147,8 +146,6 @@ def read_init_weights(path: str) -> tuple[dict[str, torch.Tensor], Config | None
     """Weights to start from: a bevt checkpoint / run directory (with its config), or a weights
     file from `bevt convert` (.safetensors / .pth)."""
     if Path(path).is_file():
-        from bevt.models.convert import load_checkpoint_file
-
         return load_checkpoint_file(path), None
     found = ckpt.resolve_checkpoint(path)
     return ckpt.read_weights(found), ckpt.read_config(found)

@@ -30,7 +30,7 @@ from bevt.data.transforms import VideoMixup
 from bevt.distributed import unwrap
 from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError, DataError
-from bevt.masking import build_mask_generator
+from bevt.masking import CELL, build_mask_generator
 from bevt.models.build import window_of
 from bevt.tokenizers.vq import psnr
 
@@ -233,7 +233,7 @@ def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
         return FinetuneTask(cfg, stream(loader, "data.train"), class_names, device)
 
     masking = cfg.masking
-    grid = (data.size // 16, data.size // 16)
+    grid = (data.size // CELL, data.size // CELL)
     mask_options = dict(ratio=masking.ratio, min_cells=masking.min_cells)
     streams = {}
     if cfg.pretrain.streams in ("image", "joint"):
