@@ -148,7 +148,7 @@ def test_from_official_resizes_bias_tables_to_another_temporal_window():
 def test_bias_table_8_to_16_interpolation():
     """15 -> 31 temporal offsets: trilinear with aligned corners keeps offsets 0 and +-7 (-> +-15)."""
     table = torch.randn(15 * 13 * 13, 4)
-    resized = resize_bias_table(table, (16, 7, 7))
+    resized = resize_bias_table(table, (16, 7, 7), align_corners=True)
     assert resized.shape == (31 * 13 * 13, 4)
     before, after = table.view(15, 169, 4), resized.view(31, 169, 4)
     for old, new in ((0, 0), (7, 15), (14, 30)):

@@ -125,19 +125,40 @@ class DataConfig:
 
 
 @dataclass
+class KeyMultipliers:
+    lr_mult: float = doc(1.0, "lr multiplier of the parameters this key decides")
+    decay_mult: float = doc(1.0, "weight-decay multiplier of the parameters this key decides")
+
+    def __post_init__(self):
+        _check(self.lr_mult >= 0, "lr_mult", "must be >= 0")
+        _check(self.decay_mult >= 0, "decay_mult", "must be >= 0")
+
+
+@dataclass
 class OptimConfig:
     lr: float = doc(5e-4, "peak learning rate after warm-up (absolute, not scaled with the batch)")
     min_lr: float = doc(0.0, "learning rate at the end of the cosine")
-    weight_decay: float = doc(0.05, "AdamW weight decay (never on norms, biases, bias tables, mask token)")
+    weight_decay: float = doc(0.05, "AdamW weight decay (param_groups=clean: never on norms, biases, bias tables, mask token)")
     betas: tuple[float, float] = doc((0.9, 0.999), "AdamW betas")
     epochs: float = doc(150.0, "training length in epochs of the main stream (video; images for stage 1)")
     warmup_epochs: float = doc(10.0, "linear warm-up length in epochs")
-    layer_decay: float = doc(1.0, "layer-wise lr decay per block towards the input (finetuning: 0.9)")
-    backbone_lr_scale: float = doc(1.0, "lr multiplier of the encoder relative to the head (SSv2: 0.1)")
+    warmup_ratio: float = doc(0.0, "lr at the start of the warm-up as a fraction of the scheduled lr (released: 0.1, mmcv's warmup_ratio)")
+    cosine_over: Literal["after_warmup", "whole_run"] = doc(
+        "after_warmup", "the cosine spans the steps after warm-up, or the whole run with warm-up scaling it (released)"
+    )
+    lr_by_epoch: bool = doc(False, "the cosine moves once per epoch (released finetuning, mmcv by_epoch) instead of every step")
+    param_groups: Literal["clean", "official"] = doc(
+        "clean", "clean: layer_decay / backbone_lr_scale, no decay on 1-D params and tokens; official: custom_keys as released"
+    )
+    custom_keys: dict[str, KeyMultipliers] = field(default_factory=dict, metadata={"doc": (
+        "param_groups=official: mmcv's paramwise custom_keys; the longest key found in a parameter's released name "
+        "decides its lr / decay multipliers")})
+    layer_decay: float = doc(1.0, "param_groups=clean: layer-wise lr decay per block towards the input (finetuning: 0.9)")
+    backbone_lr_scale: float = doc(1.0, "param_groups=clean: lr multiplier of the encoder relative to the head (SSv2: 0.1)")
     clip_grad: float | None = doc(3.0, "max global gradient norm; null = no clipping")
     accum_steps: int = doc(1, "micro-steps accumulated per optimizer step")
     ema: bool = doc(False, "keep an exponential moving average of the weights (saved as ema.safetensors)")
-    ema_decay: float = doc(0.9999, "EMA decay per optimizer step")
+    ema_decay: float = doc(0.9999, "EMA retention per optimizer step (released SSv2: 0.9998 per iteration ** 8 iterations)")
 
     def __post_init__(self):
         _check(self.lr > 0, "lr", "must be > 0")
@@ -146,6 +167,9 @@ class OptimConfig:
         _check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
         _check(self.epochs > 0, "epochs", "must be > 0")
         _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", "must be in [0, epochs]")
+        _check(0 <= self.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]")
+        _check(self.param_groups != "official" or bool(self.custom_keys), "param_groups",
+               "official needs optim.custom_keys (the swin_b_* recipes list the released ones)")
         _check(0 < self.layer_decay <= 1, "layer_decay", "must be in (0, 1]")
         _check(self.backbone_lr_scale > 0, "backbone_lr_scale", "must be > 0")
         _check(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "must be > 0 or null")
@@ -168,6 +192,9 @@ class FinetuneConfig:
     label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy (SSv2: 0.1)")
     mixup: float = doc(0.0, "mixup alpha; 0 = off")
     cutmix: float = doc(0.0, "cutmix alpha; 0 = off")
+    bias_table_align_corners: bool = doc(
+        False, "bias tables of another temporal window are resized trilinearly with align_corners (released SSv2: false)"
+    )
 
     def __post_init__(self):
         _check(self.num_classes is None or self.num_classes >= 2, "num_classes", "must be >= 2")
@@ -272,6 +299,13 @@ def _coerce(value, annotation, key: str):
         if value not in args:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, args))}{_suggest(value, args)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        key_type, value_type = args
+        if dataclasses.is_dataclass(value_type):
+            return {_coerce(k, key_type, key): _build(value_type, v, f"{key}.{k}.") for k, v in value.items()}
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} values")

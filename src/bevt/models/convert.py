@@ -102,23 +102,27 @@ def inflate_patch_embed(weight_2d, frames=2):
     return weight_2d.unsqueeze(2).repeat(1, 1, frames, 1, 1) / frames
 
 
-def resize_bias_table(table, window_size):
+def resize_bias_table(table, window_size, align_corners=False):
     """Bias table of any temporal window -> `window_size`, by trilinear interpolation over the
-    (t,h,w) relative offsets; a 2D table (one temporal offset) is thereby tiled over all offsets.
-    The spatial window must already match."""
+    (t,h,w) relative offsets; a 2D table (one temporal offset) is tiled over all offsets.
+    The spatial window must already match. The released SSv2 finetuning resizes 8 -> 16 with
+    PyTorch's default align_corners=False: offsets 0 and +-7 (-> +-15) keep their rows either way,
+    the ones between read other positions (new +1 reads old +0.484, not +0.467)."""
     t, h, w = (2 * n - 1 for n in window_size)
     rows, heads = table.shape
     if rows % (h * w):
         raise CheckpointError(f"bias table with {rows} rows does not fit a {window_size[1]}x{window_size[2]} window")
+    if rows == h * w:  # a 2D table: tiled exactly (interpolating from one row may round by an ulp)
+        return table.repeat(t, 1)
     grid = table.t().reshape(1, heads, rows // (h * w), h, w)
-    resized = F.interpolate(grid.float(), size=(t, h, w), mode="trilinear", align_corners=True)
+    resized = F.interpolate(grid.float(), size=(t, h, w), mode="trilinear", align_corners=align_corners)
     return resized.reshape(heads, t * h * w).t().to(table.dtype).contiguous()
 
 
-def resize_bias_tables(state_dict, window_size):
+def resize_bias_tables(state_dict, window_size, align_corners=False):
     """Every relative-position bias table of `state_dict` resized to `window_size` (new dict)."""
     rows = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) * (2 * window_size[2] - 1)
-    return {k: resize_bias_table(v, window_size) if k.endswith(_TABLE) and v.shape[0] != rows else v
+    return {k: resize_bias_table(v, window_size, align_corners) if k.endswith(_TABLE) and v.shape[0] != rows else v
             for k, v in state_dict.items()}
 
 

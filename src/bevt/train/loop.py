@@ -8,7 +8,6 @@ lr schedule, EMA, logging and checkpoints. `train_step` is the only place that c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,20 +16,7 @@ from bevt.config import Config
 from bevt.errors import TrainingDiverged
 from bevt.distributed import DistEnv, autocast, gradient_sync, mean_over_ranks, sum_over_ranks, unwrap
 from bevt.train.logging import RunLogger, StepTimer
-from bevt.train.optim import set_lr
-
-@dataclass
-class Schedule:
-    """Optimizer steps of the run, derived from epochs of the task's main stream."""
-
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-
-    @classmethod
-    def from_epochs(cls, batches_per_epoch: int, accum_steps: int, epochs: float, warmup_epochs: float) -> "Schedule":
-        steps_per_epoch = max(1, batches_per_epoch // accum_steps)
-        return cls(steps_per_epoch, max(1, round(epochs * steps_per_epoch)), round(warmup_epochs * steps_per_epoch))
+from bevt.train.optim import Schedule, set_lr
 
 
 def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device: torch.device,
@@ -79,7 +65,7 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
     nonfinite_steps = torch.zeros((), device=env.device)
     last_checked = state["step"]
     while state["step"] < schedule.total_steps:
-        lr = set_lr(optimizer, state["step"], cfg.optim, schedule.warmup_steps, schedule.total_steps)
+        lr = set_lr(optimizer, state["step"], cfg.optim, schedule)
         timer.active = _is_logging_step(state["step"] + 1, cfg.run.log_every, schedule.total_steps)
         metrics = train_step(model, task, optimizer, scaler, cfg.run.precision, env.device,
                              cfg.optim.accum_steps, cfg.optim.clip_grad, timer)

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import torch
-from timm.utils import ModelEmaV3
 
 from bevt.config import Config, load_config, save_config
 from bevt.errors import CheckpointError, ConfigError, DataError
@@ -24,8 +23,8 @@ from bevt.distributed import (
     pick_device, seed_everything, shutdown, unwrap, wrap_model,
 )
 from bevt.train.logging import RunLogger
-from bevt.train.loop import Schedule, train as run_loop
-from bevt.train.optim import build_optimizer
+from bevt.train.loop import train as run_loop
+from bevt.train.optim import Schedule, build_ema, build_optimizer
 from bevt.models.build import build_model
 from bevt.models.convert import load_checkpoint_file
 from bevt.tokenizers import load_tokenizer
@@ -190,7 +189,7 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     elif cfg.run.init_from is not None:
         state, source_cfg = read_init_weights(cfg.run.init_from)
         task.init_weights(model, state, source_cfg)
-    ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
+    ema = build_ema(model, cfg.optim)
     model = wrap_model(model, env, cfg.run.parallel)
     # after wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold
     optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type == "cuda")

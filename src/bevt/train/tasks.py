@@ -163,7 +163,7 @@ class FinetuneTask:
             raise CheckpointError(f"{self.cfg.run.init_from}: no encoder.* weights to finetune from")
         if _is_stage1(source_cfg):
             encoder = inflate_image_checkpoint(encoder, window_of(model.encoder))
-        encoder = resize_bias_tables(encoder, window_of(model.encoder))
+        encoder = resize_bias_tables(encoder, window_of(model.encoder), self.cfg.finetune.bias_table_align_corners)
         load_strict(model, encoder, self.cfg.run.init_from, allow_missing=("head.",))
         log.info("initialised the encoder from %s; the head starts fresh", self.cfg.run.init_from)
 
