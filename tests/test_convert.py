@@ -1,5 +1,7 @@
 """Checkpoint conversion: torchvision, official Video Swin / BEVT, 2D inflation, bias tables, errors."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from bevt.checkpoint import load_strict
 from bevt.models.convert import (
     check_converted,
     from_official,
+    from_timm,
     from_torchvision,
     inflate_image_checkpoint,
     inflate_patch_embed,
@@ -492,3 +495,86 @@ def test_from_official_takes_the_ema_weights_and_says_so(caplog):
         from_official(state, use_ema=True)
     with pytest.raises(CheckpointError, match="without a matching weight: ema_backbone_extra"):
         from_official({**ema_state, "ema_backbone_extra": torch.zeros(1)})
+
+
+# ----------------------------------------------------------------------------------------------
+# timm 2D Swin -> 3D (the released `pretrained2d` inflation)
+# ----------------------------------------------------------------------------------------------
+
+
+def timm_debug_swin():
+    """timm's own 2D Swin with the debug flavor's shape (4x4 windows), at 128 px: maps 32..4."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(img_size=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
+                            num_classes=10)
+    randomise = {k: torch.randn_like(v) for k, v in model.state_dict().items() if k.endswith("relative_position_bias_table")}
+    model.load_state_dict(randomise, strict=False)  # far from their init, so a wrong row shows
+    return model.eval()
+
+
+def microsoft_layout(timm_state):
+    """The same weights as Microsoft's (and timm < 0.9) checkpoints: merging at the end of its own
+    stage, `head.*`, persistent index buffers."""
+    out = {}
+    for key, value in timm_state.items():
+        if match := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
+            key = f"layers.{int(match[1]) - 1}.downsample.{match[2]}"
+        out[key.replace("head.fc.", "head.")] = value
+    out["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
+    return out
+
+
+def test_from_timm_swin_base_loads_strictly():
+    import timm
+
+    reference = timm.create_model("swin_base_patch4_window7_224", pretrained=False).state_dict()
+    converted = from_timm(reference)
+    config, flavor = check_converted(converted)  # strict: the keys and shapes of create_model("swin_b")
+    assert flavor == "swin_b" and config["window_size"] == (8, 7, 7)
+    # timm >= 0.9 merges at the start of the next stage; bevt (like the release) at the end of its own
+    assert converted["encoder.layers.2.downsample.reduction.weight"] is reference["layers.3.downsample.reduction.weight"]
+    assert torch.equal(converted["encoder.patch_embed.proj.weight"],
+                       reference["patch_embed.proj.weight"][:, :, None].repeat(1, 1, 2, 1, 1) / 2)
+    table = converted["encoder.layers.3.blocks.1.attn.relative_position_bias_table"]
+    assert table.shape == (15 * 169, 32)
+    assert all(torch.equal(block, reference["layers.3.blocks.1.attn.relative_position_bias_table"])
+               for block in table.view(15, 169, 32))
+
+
+def test_inflated_timm_swin_sees_a_static_clip_as_timm_sees_the_image():
+    """A clip of one image repeated over 2 frames (one patch step) runs through the inflated video
+    stream exactly like timm's 2D Swin on the image, and so does the image stream."""
+    reference = timm_debug_swin()
+    converted = from_timm(reference.state_dict(), window_size=DEBUG_WINDOW)
+    encoder = create_model("debug").eval()
+    load_strict(encoder, {k.removeprefix("encoder."): v for k, v in converted.items()}, "test")
+    image = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = reference.forward_features(image)  # (B,4,4,8C) after timm's final norm
+        from_clip = encoder.norm(encoder.forward_features(torch.stack([image, image], 2))["stage4"])[:, 0]
+        from_image = encoder.norm(encoder.forward_features(image)["stage4"])[:, 0]
+    assert (from_clip - expected).abs().max() <= 2e-5
+    assert (from_image - expected).abs().max() <= 2e-5
+    assert_same_tensors(from_timm(microsoft_layout(reference.state_dict()), window_size=DEBUG_WINDOW), converted)
+
+
+def test_from_timm_resizes_other_spatial_windows_as_released(caplog):
+    state = timm_debug_swin().state_dict()
+    state = {k: torch.randn(13 * 13, v.shape[1]) if k.endswith("relative_position_bias_table") else v
+             for k, v in state.items()}  # a 7x7-window checkpoint into the 4x4 debug window
+    with caplog.at_level("INFO", logger="bevt.models.convert"):
+        converted = from_timm(state, window_size=DEBUG_WINDOW)
+    assert "from a 7x7 to a 4x4 window (bicubic" in caplog.text
+    assert converted["encoder.layers.0.blocks.0.attn.relative_position_bias_table"].shape == (3 * 49, 1)
+    with pytest.raises(CheckpointError, match="not a timm 2D Swin"):
+        from_timm(torchvision_debug().state_dict())
+
+
+def test_cli_convert_from_timm(tmp_path, capsys):
+    torch.save(timm_debug_swin().state_dict(), tmp_path / "timm.pth")
+    out = tmp_path / "inflated.safetensors"
+    assert main(["convert", "--from", "timm", "--window", "2,4,4", str(tmp_path / "timm.pth"), str(out)]) == 0
+    assert "debug window 2,4,4" in capsys.readouterr().out
+    load_strict(create_model("debug"), {k.removeprefix("encoder."): v for k, v in load_file(out).items()}, "test")
