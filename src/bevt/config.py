@@ -80,7 +80,8 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths")
+    images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths; "
+                                   "videos there (any video annotation format) give one random frame per sample")
     train: str | None = doc(None, "training videos: list file, Kinetics CSV, SSv2 / Diving48 json, or class folders")
     val: str | None = doc(None, "evaluation videos, same formats as `train`")
     root: str | None = doc(None, "folder the video paths in `train` / `val` are relative to")
