@@ -454,9 +454,8 @@ def test_pretraining_continues_from_a_converted_released_checkpoint(tmp_path):
     assert main(["convert", "--from", "official", "--pretraining", str(tmp_path / "released.pth"), str(out)]) == 0
     weights, source_cfg = read_init_weights(str(out))
     model = BEVTPretrainer(create_model("debug", image_shift_mask="official"), vocabulary(RELEASED["vocab"]))
-    task = PretrainTask.__new__(PretrainTask)  # init_weights reads only the config
-    task.cfg = load_config("tiny_joint", [f"run.init_from={out}", "model.image_shift_mask=official"])
-    task.init_weights(model, weights, source_cfg)
+    cfg = load_config("tiny_joint", [f"run.init_from={out}", "model.image_shift_mask=official"])
+    PretrainTask(cfg, {}, torch.device("cpu")).init_weights(model, weights, source_cfg)
     for key, value in from_official(state, pretraining=True).items():
         assert torch.equal(model.state_dict()[key], value), key
 
