@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bevt.data.datasets import SkipCounter, VideoDataset, collate, load_annotations, write_annotations
+from bevt.config import DataConfig
+from bevt.data.datasets import ImageDataset, SkipCounter, VideoDataset, collate, load_annotations, write_annotations
+from bevt.data.loader import build_image_pretrain_loader
 from bevt.data.sampling import IntervalSampler
 from bevt.data.synthetic import write_h264
 from bevt.data.transforms import FinetuneTransform
 from bevt.errors import DataError
+from bevt.masking import BlockwiseMaskGenerator
 
 
 def tiny_video(path, frames: int = 12, seed: int = 0) -> str:
@@ -187,3 +190,52 @@ def test_skip_counter_fails_past_the_threshold():
     lenient.update({"index": torch.arange(1), "skipped": [("a.mp4", "truncated: x")] * 3})
     with pytest.raises(DataError):  # checked at the end of every epoch, whatever min_samples
         lenient.end_epoch(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The image stream fed with video frames (paper Table 7)
+# ----------------------------------------------------------------------------------------------
+
+
+def gray_steps_video(path, frames=6):
+    """Frame i is uniformly gray at 40 * i, so a decoded frame tells its index."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.repeat((np.arange(frames, dtype=np.uint8) * 40)[:, None, None, None], 32 * 32 * 3).reshape(frames, 32, 32, 3)
+    write_h264(str(path), pixels)
+    return str(path)
+
+
+def frame_index(image):
+    return int(round(float(image.float().mean()) / 40))
+
+
+def identity_view(frames):
+    """Stands in for PretrainTransform: (T,H,W,3) uint8 -> the same pixels as a view and a tokenizer view."""
+    view = torch.from_numpy(frames).permute(3, 0, 1, 2).float()
+    return {"view": view, "tok": view}
+
+
+def test_image_stream_draws_one_random_frame_per_video_sample(tmp_path):
+    for i in range(3):
+        gray_steps_video(tmp_path / f"v{i}.mp4")
+    (tmp_path / "train.txt").write_text("".join(f"v{i}.mp4 {i}\n" for i in range(3)))
+    samples = load_annotations(str(tmp_path / "train.txt")).samples
+    dataset = ImageDataset(samples, identity_view, seed=5)
+    item = dataset[(0, 1)]
+    assert item["image"].shape == (3, 32, 32) and item["index"] == 1 and item["label"] == 1
+    drawn = [frame_index(dataset[(epoch, index)]["image"]) for epoch in range(8) for index in range(3)]
+    assert len(set(drawn)) >= 4 and set(drawn) <= set(range(6))  # uniform over the 6 frames, not always the first
+    again = ImageDataset(samples, identity_view, seed=5)  # a resumed run: the same frame for the same key
+    assert all(frame_index(again[(epoch, index)]["image"]) == drawn[epoch * 3 + index]
+               for epoch in range(8) for index in range(3))
+
+
+def test_data_images_accepts_a_video_folder(tmp_path):
+    for label in ("a", "b"):
+        for i in range(2):
+            gray_steps_video(tmp_path / "videos" / label / f"{i}.mp4")
+    data = DataConfig(images=str(tmp_path / "videos"), size=32, short_side=(32, 32), image_batch_size=2, workers=0)
+    loader = build_image_pretrain_loader(data, BlockwiseMaskGenerator((2, 2), 2, min_cells=1), seed=0)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image_tok"].shape == (2, 3, 16, 16)
+    assert batch["mask"].shape == (2, 2, 2) and batch["skipped"] == []

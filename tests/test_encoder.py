@@ -11,6 +11,7 @@ from torchvision.ops import StochasticDepth
 from bevt.cli import main
 from bevt.checkpoint import load_strict
 from bevt.models.convert import from_torchvision, inflate_patch_embed
+from bevt.config import load_config
 from bevt.errors import ConfigError
 from bevt.models import MODEL_FLAVORS, VideoClassifier, create_model
 from bevt.models import video_swin
@@ -196,6 +197,61 @@ def test_mask_token_replaces_exactly_the_masked_positions(shape):
     embedded = encoder.patch_embed(x) if len(shape) == 5 else encoder.patch_embed_2d(x)
     assert torch.equal(tokens[mask], encoder.mask_token[0].expand(int(mask.sum()), -1))
     assert torch.equal(tokens[~mask], embedded[~mask])
+
+
+def attention_calls(encoder, x):
+    """(stage, block, map size, window, roll, shift mask applied) of every attention sublayer."""
+    calls = []
+
+    def record(stage, block):
+        def hook(module, args):
+            x, window, shift, _, mask = args
+            calls.append((stage, block, tuple(x.shape[1:4]), window, shift, mask is not None))
+        return hook
+
+    hooks = [block.attn.register_forward_pre_hook(record(i, j))
+             for i, stage in enumerate(encoder.layers) for j, block in enumerate(stage.blocks)]
+    try:
+        with torch.no_grad():
+            encoder.forward_features(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def test_official_image_windows_mask_every_block_and_roll_the_last_stage():
+    """The released image stream: full window, shift window // 2 in odd blocks even where one
+    window covers the map (stage 4), and the shift mask in every block."""
+    image = torch.randn(1, 3, 128, 128)  # maps 32, 16, 8, 4 with the debug flavor's 4x4 window
+    official = attention_calls(create_model("debug", image_shift_mask="official"), image)
+    assert [call[2] for call in official[::2]] == [(1, 32, 32), (1, 16, 16), (1, 8, 8), (1, 4, 4)]
+    for stage, block, _, window, roll, masked in official:
+        assert window == (1, 4, 4) and masked
+        assert roll == ((0, 2, 2) if block == 1 else (0, 0, 0))
+    standard = attention_calls(create_model("debug"), image)
+    assert [(roll, masked) for *_, roll, masked in standard[-2:]] == [((0, 0, 0), False), ((0, 0, 0), False)]
+    assert [masked for *_, masked in standard[:2]] == [False, True]
+
+
+def test_image_shift_mask_changes_only_the_image_stream():
+    torch.manual_seed(0)
+    standard = randomise_bias_tables(create_model("debug")).eval()
+    official = create_model("debug", image_shift_mask="official").eval()
+    official.load_state_dict(standard.state_dict())
+    video, image = torch.randn(1, 3, 4, 64, 64), torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(official(video), standard(video))
+        assert (official(image) - standard(image)).abs().max() > 1e-3
+
+
+def test_official_image_windows_need_whole_windows():
+    with pytest.raises(ValueError, match="multiples of the 4x4 window"):
+        create_model("debug", image_shift_mask="official")(torch.randn(1, 3, 64, 64))  # stage 4 is 2x2
+    with pytest.raises(ValueError, match="must be 'standard' or 'official'"):
+        create_model("debug", image_shift_mask="released")
+    with pytest.raises(ConfigError, match="image_shift_mask"):
+        load_config("tiny_joint", ["model.image_shift_mask=released"])
 
 
 # ----------------------------------------------------------------------------------------------

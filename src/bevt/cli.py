@@ -36,11 +36,17 @@ def _run_info(args):
 
 
 def _add_convert(sub):
-    p = sub.add_parser("convert", help="convert a torchvision or official checkpoint to bevt safetensors")
-    p.add_argument("--from", dest="source", choices=["torchvision", "official"], required=True)
+    p = sub.add_parser("convert", help="convert a torchvision, official BEVT / Video Swin or timm 2D Swin checkpoint "
+                                       "to bevt safetensors")
+    p.add_argument("--from", dest="source", choices=["torchvision", "official", "timm"], required=True,
+                   help="timm: a 2D Swin, inflated to 3D as the released code does")
     p.add_argument("input", help="input checkpoint (.pth / .pt / .safetensors)")
     p.add_argument("output", help="output .safetensors file")
     p.add_argument("--window", default=None, help="target window t,h,w (bias tables are resized to it)")
+    p.add_argument("--pretraining", action="store_true",
+                   help="official: keep the decoders and token head (a whole pretrainer, for run.init_from of `bevt pretrain`)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="official: take the EMA weights (ema_* buffers) or not; default: EMA when present")
     return _run_convert
 
 

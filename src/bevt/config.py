@@ -43,12 +43,17 @@ class ModelConfig:
     drop_path_rate: float = doc(0.3, "stochastic depth rate of the last block (linearly increasing)")
     use_checkpoint: bool = doc(False, "gradient checkpointing of every block (less memory, ~30% slower)")
     head_dropout: float = doc(0.5, "dropout before the classification head (finetuning)")
+    image_shift_mask: Literal["standard", "official"] = doc(
+        "standard", "image stream windows: standard 2D Swin, or official = the released BEVT code (shift mask in "
+        "every block, stage 4 rolled by 3), which its checkpoints were trained with"
+    )
 
     def __post_init__(self):
         _check(self.name in MODEL_FLAVORS, "name", f"unknown flavor {self.name!r}; choose one of {', '.join(MODEL_FLAVORS)}")
         _check(self.window_size is None or min(self.window_size) >= 1, "window_size", "every window side must be >= 1")
         _check(0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)")
         _check(0 <= self.head_dropout < 1, "head_dropout", "must be in [0, 1)")
+        _check(self.image_shift_mask in ("standard", "official"), "image_shift_mask", "must be 'standard' or 'official'")
 
 
 @dataclass
@@ -87,7 +92,8 @@ class VQConfig:
 
 @dataclass
 class DataConfig:
-    images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths")
+    images: str | None = doc(None, "image stream: a folder of class folders, or a list file of image paths; "
+                                   "videos there (any video annotation format) give one random frame per sample")
     train: str | None = doc(None, "training videos: list file, Kinetics CSV, SSv2 / Diving48 json, or class folders")
     val: str | None = doc(None, "evaluation videos, same formats as `train`")
     root: str | None = doc(None, "folder the video paths in `train` / `val` are relative to")

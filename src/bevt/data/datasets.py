@@ -378,14 +378,22 @@ class VideoDataset(SkippingDataset):
 
 class ImageDataset(SkippingDataset):
     """Images for the image stream: `transform` is a `PretrainTransform` (with colour jitter);
-    yields "image" (3,H,W) and "image_tok" (3,H/2,W/2)."""
+    yields "image" (3,H,W) and "image_tok" (3,H/2,W/2).
+
+    A video sample gives one of its frames, drawn uniformly anew each epoch (from the sample's
+    seed, so a resumed run draws the same): the paper's Table 7 variant that feeds the image
+    stream with frames of the training videos instead of ImageNet."""
 
     def __init__(self, samples: list[Sample], transform, **kwargs):
         super().__init__(samples, **kwargs)
         self.transform = transform
 
     def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
-        pixels = read_image(sample.path)
+        if Path(sample.path).suffix.lower() in VIDEO_EXTENSIONS:
+            frames, _ = read_clip(sample.path, lambda n: [int(torch.randint(n, (1,), generator=clip_generator))])
+            pixels = frames[0]
+        else:
+            pixels = read_image(sample.path)
         with seeded(augment_seed):
             out = self.transform(pixels[None])
         return {"image": out["view"][:, 0], "image_tok": out["tok"][:, 0]}

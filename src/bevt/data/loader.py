@@ -173,7 +173,8 @@ def clip_sampler(data: DataConfig):
 
 def build_image_pretrain_loader(data: DataConfig, mask_generator, *, seed: int = 0, rank: int = 0,
                                 world_size: int = 1) -> ResumableLoader:
-    """Image stream of `data.images` -> {"image", "image_tok", "mask", ...}."""
+    """Image stream of `data.images` -> {"image", "image_tok", "mask", ...}; videos in it give one
+    random frame per sample (paper Table 7: the image stream fed with frames of K400)."""
     annotations = load_annotations(data.images, root=data.root)
     transform = PretrainTransform(data.size, data.short_side, color_jitter=data.color_jitter)
     dataset = ImageDataset(annotations.samples, transform, seed=seed, mask_generator=mask_generator,

@@ -19,7 +19,8 @@ from bevt.tokenizers import load_tokenizer, vq_tokenizer_class
 
 
 def encoder_kwargs(cfg: Config) -> dict:
-    kwargs = {"drop_path_rate": cfg.model.drop_path_rate, "use_checkpoint": cfg.model.use_checkpoint}
+    kwargs = {"drop_path_rate": cfg.model.drop_path_rate, "use_checkpoint": cfg.model.use_checkpoint,
+              "image_shift_mask": cfg.model.image_shift_mask}
     if cfg.model.window_size is not None:
         kwargs["window_size"] = cfg.model.window_size
     return kwargs

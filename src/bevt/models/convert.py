@@ -1,8 +1,22 @@
 """Checkpoints from torchvision, the official Video Swin / BEVT code and 2D Swin, in bevt's keys.
 
 Every converter returns the state dict of `create_model(name, num_classes=N)`: keys `encoder.*`
-and, when the checkpoint has a classification head, `head.*`. Checkpoints are read with
-`torch.load(weights_only=True)` (never unpickling arbitrary objects) or from safetensors.
+and, when the checkpoint has a classification head, `head.*`; `from_official(...,
+pretraining=True)` returns a whole `BEVTPretrainer` instead (encoder, both decoders, token head).
+Checkpoints are read with `torch.load(weights_only=True)` (never unpickling arbitrary objects) or
+from safetensors.
+
+Released BEVT layout (xyzforever/BEVT, `SwinTransformerBEVT` under an mmaction recogniser), as
+`from_official` maps it:
+    backbone.<encoder keys>          -> encoder.<same>   (`backbone.norm` is the shared final norm)
+    backbone.fpn.0 / lm_down          -> image_decoder.upsample / fuse
+    backbone.fpn_s.0 / lm_down_st.0   -> video_decoder.upsample / fuse
+    backbone.fpn_t.0                  -> video_decoder.temporal_upsample
+    cls_head.lm_head                  -> token_head
+    cls_head.vae_encoder.*            dropped (bevt reads the tokenizer from `tokenizer.path`)
+The released fuse layers read [stage 3 (4C), upsampled stage 4 (8C)], bevt's [upsampled, stage 3]:
+their weight columns are swapped. mmcv's EMAHook stores an EMA copy of every parameter `p.q` as
+the buffer `ema_p_q`.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from bevt.checkpoint import check_keys, preview_keys
 from bevt.errors import CheckpointError
 from bevt.models import MODEL_FLAVORS, create_model, parse_window
+from bevt.models.pretrainer import BEVTPretrainer
+from bevt.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +44,16 @@ _PREFIXES = ("module.", "backbone.", "encoder.")
 _BUFFERS = ("relative_position_index", "attn_mask")
 # BEVT pretraining parts (decoders, token head, frozen dVAE) that are not part of the encoder.
 _PRETRAINING_ONLY = ("lm_down.", "lm_down_st.", "fpn.", "fpn_s.", "fpn_t.", "cls_head.lm_head.", "cls_head.vae_encoder.")
+# Released pretraining module (prefixes stripped) -> BEVTPretrainer module.
+_PRETRAINING_MODULES = {
+    "fpn.0.": "image_decoder.upsample.",
+    "lm_down.": "image_decoder.fuse.",
+    "fpn_s.0.": "video_decoder.upsample.",
+    "lm_down_st.0.": "video_decoder.fuse.",
+    "fpn_t.0.": "video_decoder.temporal_upsample.",
+    "cls_head.lm_head.": "token_head.",
+}
+_DVAE = "cls_head.vae_encoder."
 _TABLE = "relative_position_bias_table"
 
 
@@ -81,12 +107,18 @@ def encoder_config(state_dict):
 
 
 def check_converted(state_dict):
-    """Raise `CheckpointError` unless `state_dict` loads into the model its shapes describe."""
+    """Raise `CheckpointError` unless `state_dict` loads into the model its shapes describe: a
+    classifier, an encoder, or (with a `token_head`) a joint `BEVTPretrainer`."""
     config, flavor = encoder_config(state_dict)
     num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
     with torch.device("meta"):
         model = create_model(flavor or "swin_t", num_classes=num_classes, **config)
-    expected = model.state_dict() if num_classes else {f"encoder.{k}": v for k, v in model.state_dict().items()}
+        if "token_head.weight" in state_dict:
+            vocabulary = Tokenizer()
+            vocabulary.vocab_size = state_dict["token_head.weight"].shape[0]
+            model = BEVTPretrainer(model, vocabulary)
+    expected = model.state_dict() if num_classes or "token_head.weight" in state_dict else {
+        f"encoder.{k}": v for k, v in model.state_dict().items()}
     check_keys(expected, state_dict, "the converted checkpoint")
     return config, flavor
 
@@ -214,29 +246,89 @@ def from_torchvision(state_dict):
     return _with_prefix(encoder, head)
 
 
-def from_official(state_dict, window_size=None):
+def select_ema(state_dict, use_ema=None):
+    """The weights of an official checkpoint with mmcv EMAHook buffers: each parameter `p.q`
+    replaced by its `ema_p_q` buffer (`use_ema` True, or None when there are such buffers), or
+    kept with the buffers dropped (False). Logs which it took. A `module.` prefix is stripped."""
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    ema_keys = {key for key in state if key.startswith("ema_")}
+    if not ema_keys:
+        if use_ema:
+            raise CheckpointError("the checkpoint has no ema_* weights (mmcv EMAHook buffers); convert without --ema")
+        return state
+    plain = {key: value for key, value in state.items() if key not in ema_keys}
+    twins = {key: f"ema_{key.replace('.', '_')}" for key in plain}
+    if use_ema is False:
+        log.info("using the raw weights; dropped %d ema_* (EMA) buffers", len(ema_keys))
+        return plain
+    replaced = [key for key, twin in twins.items() if twin in ema_keys]
+    orphans = ema_keys - set(twins.values())
+    if orphans:
+        raise CheckpointError(f"ema_* buffers without a matching weight: {preview_keys(sorted(orphans))}")
+    log.info("using the EMA weights (mmcv EMAHook ema_* buffers) for %d of %d tensors; the raw weights "
+             "are dropped (convert with --no-ema to keep them)", len(replaced), len(plain))
+    return {key: state[twins[key]] if key in replaced else value for key, value in plain.items()}
+
+
+def _swap_fuse_columns(weight):
+    """Released fuse Linear reads [stage 3 (4C), up (8C)], bevt's [up (8C), stage 3 (4C)]."""
+    stage3 = weight.shape[0] // 2
+    return torch.cat([weight[:, stage3:], weight[:, :stage3]], dim=1)
+
+
+def _pretraining_parts(parts):
+    """{released key (prefixes stripped): tensor} of the decoders and token head -> BEVTPretrainer keys."""
+    out, unknown = {}, []
+    for key, value in parts.items():
+        old = next((prefix for prefix in _PRETRAINING_MODULES if key.startswith(prefix)), None)
+        if old is None:
+            unknown.append(key)
+            continue
+        new = _PRETRAINING_MODULES[old] + key.removeprefix(old)
+        out[new] = _swap_fuse_columns(value) if new.endswith("fuse.weight") else value
+    if unknown:
+        raise CheckpointError(f"unexpected keys in the pretraining parts: {preview_keys(sorted(unknown))}")
+    absent = [new for new in _PRETRAINING_MODULES.values() if not any(k.startswith(new) for k in out)]
+    if absent:
+        raise CheckpointError(f"not a BEVT pretraining checkpoint: nothing for {', '.join(a[:-1] for a in absent)} "
+                              "(expected backbone.fpn / lm_down / fpn_s / lm_down_st / fpn_t and cls_head.lm_head)")
+    return out
+
+
+def from_official(state_dict, window_size=None, pretraining=False, use_ema=None):
     """Official Video Swin / BEVT (mmaction2) or 2D Swin state dict -> bevt keys.
 
-    Strips `module.`/`backbone.`/`encoder.` prefixes, drops rebuilt buffers and BEVT's
-    pretraining-only parts (decoders, token head, dVAE), maps `cls_head.fc_cls` to `head`.
+    Strips `module.`/`backbone.`/`encoder.` prefixes, drops rebuilt buffers, maps
+    `cls_head.fc_cls` to `head`. BEVT's pretraining parts (decoders, token head) are dropped, or
+    with `pretraining=True` mapped to a `BEVTPretrainer` state dict (see the module doc); the
+    frozen dVAE is always dropped. mmcv EMAHook buffers (`ema_*`, finetuned checkpoints) are
+    resolved by `select_ema(use_ema)`.
     A 2D checkpoint (4-D patch embedding, e.g. BEVT's image stream) is inflated to 3D: its patch
     embedding becomes the image stream's and, inflated, the video one; its 2D bias tables are
     tiled over the temporal offsets; a 2D classification head is dropped. Bias tables are
     resized to `window_size` (None: 3D tables kept, 2D ones tiled for 8x7x7).
     """
-    encoder, head = {}, {}
-    for key, value in state_dict.items():
+    encoder, head, parts, dvae = {}, {}, {}, 0
+    for key, value in select_ema(state_dict, use_ema).items():
         for prefix in _PREFIXES:
             key = key.removeprefix(prefix)
-        if key.endswith(_BUFFERS) or key.startswith(_PRETRAINING_ONLY):
+        if key.startswith(_DVAE):
+            dvae += 1
+        elif key.endswith(_BUFFERS):
             continue
-        if key.startswith("cls_head.fc_cls."):
+        elif key.startswith(_PRETRAINING_ONLY):
+            parts[key] = value
+        elif key.startswith("cls_head.fc_cls."):
             head["head." + key.removeprefix("cls_head.fc_cls.")] = value
         else:
             encoder[key] = value
     if "patch_embed.proj.weight" not in encoder:
         raise CheckpointError("the checkpoint does not match the model; missing keys: patch_embed.proj.weight "
                               "(not a Swin checkpoint?)")
+    if dvae:
+        log.info("dropped the dVAE tokenizer (%d tensors): bevt reads it from tokenizer.path", dvae)
+    if parts and not pretraining:
+        log.info("dropped the pretraining decoders and token head (%d tensors); keep them with --pretraining", len(parts))
 
     is_2d = encoder["patch_embed.proj.weight"].dim() == 4
     if is_2d:
@@ -252,19 +344,91 @@ def from_official(state_dict, window_size=None):
     _add_image_stream(encoder)
     if window_size is not None or is_2d:
         encoder = resize_bias_tables(encoder, tuple(window_size or DEFAULT_WINDOW))
+    if pretraining:
+        return {**_with_prefix(encoder, {}), **_pretraining_parts(parts)}
     return _with_prefix(encoder, head)
 
 
+def _timm_key(key, downsample_at_stage_start):
+    """timm 2D Swin key -> bevt encoder key; None for the classifier and rebuilt buffers."""
+    if key.startswith("head.") or key.endswith(_BUFFERS):
+        return None
+    if key.startswith("absolute_pos_embed"):
+        raise CheckpointError("absolute position embeddings (ape=True) have no place in Video Swin")
+    if match := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
+        stage = int(match[1]) - 1 if downsample_at_stage_start else int(match[1])
+        return f"layers.{stage}.downsample.{match[2]}"
+    if re.fullmatch(r"patch_embed\.(proj|norm)\.(weight|bias)", key):
+        return key.replace("patch_embed.", "patch_embed_2d.")
+    return key
+
+
+def from_timm(state_dict, window_size=None):
+    """timm 2D Swin (`swin_*_patch4_window7_224` etc.) -> bevt encoder keys, inflated to 3D as the
+    released `pretrained2d` path does.
+
+    timm >= 0.9 puts each patch merging at the start of the next stage (`layers.N.downsample`
+    merges stage N-1's output); older timm and Microsoft's checkpoints at the end of its own
+    stage, like bevt (told apart by `layers.0.downsample`, as timm does). The 2D patch embedding
+    becomes the image stream's and, repeated over 2 frames and divided by 2, the video one; each
+    (2Wh-1)(2Ww-1)-row bias table is tiled over the 2Wt-1 temporal offsets of `window_size`
+    (default 8x7x7), after a bicubic resize when its spatial window differs (as released); the
+    ImageNet classifier is dropped. The mask token starts at zero.
+    """
+    state = {key.removeprefix("module.").removeprefix("model."): value for key, value in state_dict.items()}
+    if "patch_embed.proj.weight" not in state or state["patch_embed.proj.weight"].dim() != 4:
+        raise CheckpointError("not a timm 2D Swin state dict: no 4-D patch_embed.proj.weight")
+    at_start = "layers.0.downsample.reduction.weight" not in state
+    encoder = {}
+    for key, value in state.items():
+        if (ours := _timm_key(key, at_start)) is not None:
+            encoder[ours] = value
+    dropped = [k for k in state if k.startswith("head.")]
+    if dropped:
+        log.info("dropped the 2D classification head (%s)", ", ".join(dropped))
+    encoder["patch_embed.proj.weight"] = inflate_patch_embed(encoder["patch_embed_2d.proj.weight"])
+    for name in ("proj.bias", "norm.weight", "norm.bias"):
+        encoder[f"patch_embed.{name}"] = encoder[f"patch_embed_2d.{name}"].clone()
+    _add_image_stream(encoder)
+    window = tuple(window_size or DEFAULT_WINDOW)
+    for key, table in encoder.items():
+        if key.endswith(_TABLE):
+            encoder[key] = _tile_2d_table(table, window, key)
+    return _with_prefix(encoder, {})
+
+
+def _tile_2d_table(table, window_size, key):
+    """A 2D ((2s-1)^2, heads) table -> the 3D table of `window_size`: resized bicubically to the
+    spatial window if it differs (as the release does), then repeated for every temporal offset."""
+    rows, heads = table.shape
+    side = round(rows**0.5)
+    if side * side != rows:
+        raise CheckpointError(f"{key} has {rows} rows: not the table of a square 2D window")
+    h, w = 2 * window_size[1] - 1, 2 * window_size[2] - 1
+    if (side, side) != (h, w):
+        log.info("resizing %s from a %dx%d to a %dx%d window (bicubic, as released)", key, (side + 1) // 2,
+                 (side + 1) // 2, window_size[1], window_size[2])
+        grid = table.t().reshape(1, heads, side, side).float()
+        table = F.interpolate(grid, size=(h, w), mode="bicubic").reshape(heads, h * w).t().to(table.dtype)
+    return table.repeat(2 * window_size[0] - 1, 1).contiguous()
+
+
 def run_convert(args):
-    """`bevt convert --from {torchvision,official} IN OUT [--window t,h,w]`: writes safetensors."""
+    """`bevt convert --from {torchvision,official,timm} IN OUT [--window t,h,w] [--pretraining]
+    [--ema/--no-ema]`: writes safetensors."""
     window = parse_window(args.window) if args.window else None
     state = load_checkpoint_file(args.input)
+    pretraining = getattr(args, "pretraining", False)
+    if pretraining and args.source != "official":
+        raise CheckpointError("--pretraining needs --from official (a released BEVT pretraining checkpoint)")
     if args.source == "torchvision":
         converted = from_torchvision(state)
         if window is not None:
             converted = resize_bias_tables(converted, window)
+    elif args.source == "timm":
+        converted = from_timm(state, window_size=window)
     else:
-        converted = from_official(state, window_size=window)
+        converted = from_official(state, window_size=window, pretraining=pretraining, use_ema=getattr(args, "ema", None))
     config, flavor = check_converted(converted)
     num_classes = converted["head.weight"].shape[0] if "head.weight" in converted else None
     metadata = {
@@ -274,8 +438,15 @@ def run_convert(args):
         "num_classes": str(num_classes or 0),
         "converted_from": f"{args.source}:{Path(args.input).name}",
     }
+    if pretraining:
+        metadata["contents"] = "BEVTPretrainer"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in converted.items()}, args.output, metadata=metadata)
+    contents = ("encoder, decoders and token head" if pretraining
+                else "no head" if num_classes is None else f"{num_classes} classes")
     print(f"wrote {args.output}: {flavor or 'custom'} window {metadata['window_size']}, "
-          f"{len(converted)} tensors, {'no head' if num_classes is None else f'{num_classes} classes'}")
+          f"{len(converted)} tensors, {contents}")
+    if pretraining:
+        print("continue it with run.init_from=<this file> and model.image_shift_mask=official "
+              "(the image stream it was trained with)")
     return 0

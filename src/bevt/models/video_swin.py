@@ -40,6 +40,16 @@ def clip_window(size, window, shift):
     return clipped_window, clipped_shift
 
 
+def released_image_window(size, window):
+    """The released BEVT image stream's windows: the full spatial window, never clipped, shifted
+    by half of it even where it covers the whole map (stage 4 at 7x7 rolls by 3)."""
+    _, h, w = size
+    if h % window[1] or w % window[2]:
+        raise ValueError(f"image_shift_mask='official' needs feature maps that are multiples of the "
+                         f"{window[1]}x{window[2]} window, as the released code does (no padding); got {h}x{w}")
+    return (1, window[1], window[2]), (0, window[1] // 2, window[2] // 2)
+
+
 def _offset_rows(offsets, table_window):
     """Row of a (2t-1)(2h-1)(2w-1)-row bias table for relative offsets (..., 3), (t,h,w)-major."""
     t, h, w = table_window
@@ -225,14 +235,22 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x):  # (B,T',H,W,C) -> same
+    def forward(self, x, released_image_windows=False):  # (B,T',H,W,C) -> same
+        """`released_image_windows`: windows of the released image stream (see
+        `released_image_window`), whose shift mask every block applies, the unshifted ones too."""
         size = tuple(x.shape[1:4])
-        window, shift = clip_window(size, self.window_size, tuple(w // 2 for w in self.window_size))
+        if released_image_windows:
+            window, shift = released_image_window(size, self.window_size)
+        else:
+            window, shift = clip_window(size, self.window_size, tuple(w // 2 for w in self.window_size))
         bias_index = relative_position_index(window, self.window_size, self.reference_bias_slicing, x.device)
         padded = tuple(-(-s // w) * w for s, w in zip(size, window))
         mask = shift_window_mask(padded, window, shift, x.device) if any(shift) else None
         for block in self.blocks:
-            args = (window, shift, bias_index, mask if block.shifted else None)
+            if released_image_windows:  # rolled by 0: the mask applies to unshifted windows
+                args = (window, shift if block.shifted else (0, 0, 0), bias_index, mask)
+            else:
+                args = (window, shift, bias_index, mask if block.shifted else None)
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, *args, use_reentrant=False)
             else:
@@ -246,11 +264,20 @@ class VideoSwinEncoder(nn.Module):
     `reference_bias_slicing=True` reproduces the reference implementations' bias lookup for
     clipped windows (first N rows/cols of the full-window index), only needed for parity tests at
     tiny input sizes; the default builds the bias for the actual window.
+
+    `image_shift_mask` chooses the image stream's windows: "standard" is 2D Swin (the shift mask
+    only in shifted blocks; a window covering the whole map is clipped and unshifted), "official"
+    is what the released BEVT code does and its checkpoints were trained with: the shift mask in
+    every block and stage 4 (7x7) rolled by 3. The video stream is the same either way.
     """
 
     def __init__(self, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=(8, 7, 7),
-                 mlp_ratio=4.0, drop_path_rate=0.0, use_checkpoint=False, reference_bias_slicing=False):
+                 mlp_ratio=4.0, drop_path_rate=0.0, use_checkpoint=False, reference_bias_slicing=False,
+                 image_shift_mask="standard"):
         super().__init__()
+        if image_shift_mask not in ("standard", "official"):
+            raise ValueError(f"image_shift_mask={image_shift_mask!r} must be 'standard' or 'official'")
+        self.image_shift_mask = image_shift_mask
         self.embed_dim = embed_dim
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         self.patch_embed = PatchEmbed(VIDEO_PATCH, embed_dim)
@@ -284,6 +311,7 @@ class VideoSwinEncoder(nn.Module):
         `mask`: bool, (B,T',H/4,W/4) for video or (B,H/4,W/4) for images; True positions get the
         mask token after the patch-embedding LayerNorm.
         """
+        released_image_windows = x.dim() == 4 and self.image_shift_mask == "official"
         if x.dim() == 5:
             x = self.patch_embed(x)  # (B,T',H/4,W/4,C)
         else:
@@ -293,7 +321,7 @@ class VideoSwinEncoder(nn.Module):
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         features = {}
         for i, stage in enumerate(self.layers):
-            x = stage(x)
+            x = stage(x, released_image_windows)
             features[f"stage{i + 1}"] = x
             if stage.downsample is not None:
                 x = stage.downsample(x)
