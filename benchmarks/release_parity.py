@@ -3,7 +3,7 @@
 Needs a checkout of the authors' release (github.com/xyzforever/BEVT); its model file is imported
 from there (mmcv / mmaction are replaced by stand-ins for the three names it imports), never copied:
 
-    python scripts/release_parity.py --release /path/to/BEVT [--embed-dim 96 --depths 2,2,6,2 --heads 3,6,12,24]
+    python benchmarks/release_parity.py --release /path/to/BEVT [--embed-dim 96 --depths 2,2,6,2 --heads 3,6,12,24]
 
 It builds the released `SwinTransformerBEVT` (window 8x7x7, patch_norm as in the released config)
 with random weights, saves its state dict under the released recogniser's names (`backbone.*`,
