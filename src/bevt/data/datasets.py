@@ -282,7 +282,9 @@ class SkippingDataset(torch.utils.data.Dataset):
     """Base of bevt's datasets: seeding per sample, substitution of unreadable samples, masks.
 
     Keys are `(epoch, index)` pairs (what `ResumableSampler` yields) or plain indices (epoch 0).
-    Subclasses implement `load(sample, clip_generator, augment_seed) -> dict of tensors`.
+    Subclasses implement `load(sample, clip_seed, augment_seed) -> dict of tensors`; the clip
+    position is drawn from a generator made from `clip_seed` each time the reader asks for it
+    (it may ask twice, when decoding corrects a video's frame count).
     `class_names` (or None) is carried for the caller, e.g. to name predictions.
     """
 
@@ -308,7 +310,7 @@ class SkippingDataset(torch.utils.data.Dataset):
             try:
                 item = self.load(
                     sample,
-                    _generator(sample_seed(self.seed, epoch, index, _CLIP_STREAM, attempt)),
+                    sample_seed(self.seed, epoch, index, _CLIP_STREAM, attempt),
                     sample_seed(self.seed, epoch, index, _AUGMENT_STREAM, attempt),
                 )
                 break
@@ -327,7 +329,7 @@ class SkippingDataset(torch.utils.data.Dataset):
             item["mask"] = self.mask_generator(generator=_generator(sample_seed(self.seed, epoch, index, _MASK_STREAM)))
         return item
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         raise NotImplementedError
 
 
@@ -350,7 +352,6 @@ class VideoDataset(SkippingDataset):
         *,
         train: bool = True,
         num_clips: int = 1,
-        backend: str = "pyav",
         **kwargs,
     ):
         super().__init__(samples, **kwargs)
@@ -358,18 +359,17 @@ class VideoDataset(SkippingDataset):
         self.transform = transform
         self.train = train
         self.num_clips = num_clips
-        self.backend = backend
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         if self.train:
-            frames, _ = read_clip(sample.path, lambda n: self.clip_sampler(n, clip_generator), self.backend)
+            frames, _ = read_clip(sample.path, lambda n: self.clip_sampler(n, _generator(clip_seed)))
             with seeded(augment_seed):
                 out = self.transform(frames)
             if isinstance(out, dict):
                 return {"video": out["view"], "video_tok": out["tok"]}
             return {"video": out}
         frames, _ = read_clip(
-            sample.path, lambda n: views_to_indices(self.clip_sampler.test_views(n, self.num_clips)), self.backend
+            sample.path, lambda n: views_to_indices(self.clip_sampler.test_views(n, self.num_clips))
         )
         with seeded(augment_seed):
             views = [self.transform(clip) for clip in np.split(frames, self.num_clips)]
@@ -384,7 +384,7 @@ class ImageDataset(SkippingDataset):
         super().__init__(samples, **kwargs)
         self.transform = transform
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         pixels = read_image(sample.path)
         with seeded(augment_seed):
             out = self.transform(pixels[None])
