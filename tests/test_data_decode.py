@@ -75,17 +75,39 @@ def test_packed_bframes_have_swapped_pts_that_the_reader_ignores(tmp_path):
     np.testing.assert_array_equal(read_frames(path, [3, 4, 5]), np.stack(decode_everything(path)[3:6]))
 
 
-def test_reorder_depth_comes_from_the_packets(tmp_path):
-    no_b = write_video(tmp_path / "vp9.webm", 20, "libvpx-vp9")
-    with_b = write_video(tmp_path / "b.mp4", 20, "libx264", {"bf": "3", "g": "10"})
-    for path, seekable in ((no_b, True), (with_b, True)):
-        with open_video(path) as container:
-            index = index_packets(container, path)
-        assert index.seekable == seekable and index.num_packets == 20
-    with open_video(no_b) as container:
-        assert index_packets(container, no_b).reorder_depth == 0
-    with open_video(with_b) as container:
-        assert index_packets(container, with_b).reorder_depth >= 2
+@pytest.mark.parametrize("name, seekable", [
+    ("mpeg4_bframes.avi", True),  # FFmpeg derives right pts for unpacked MPEG-4 Part 2
+    ("packed_bframes.avi", False),
+    ("h264_bframes.mp4", True),
+    ("vfr.mp4", True),
+    ("no_stored_pts.m4v", False),
+    ("repeated_pts.mkv", False),
+    ("vp9.webm", True),
+])
+def test_which_streams_may_seek(tmp_path, name, seekable):
+    path = STREAMS[name](str(tmp_path / name))
+    with open_video(path) as container:
+        index = index_packets(container, path)
+    assert index.seekable == seekable and index.num_packets == FRAMES
+    if name == "vp9.webm":
+        assert index.reorder_depth == 0  # no B-frames: nothing presents out of decode order
+    if name == "h264_bframes.mp4":
+        assert index.reorder_depth >= 2
+
+
+def test_pts_out_of_presentation_order_are_caught_while_seeking(tmp_path, monkeypatch):
+    """The safety net under the index: were packed B-frames not recognised, the seek path would
+    meet their swapped pts, decoding the reorder depth past the last wanted frame would show
+    them out of order, and the clip would be decoded from the start instead."""
+    monkeypatch.setattr(decode, "MPEG4_PICTURE_START", b"no packet holds this" * 4)
+    path = write_packed_avi(tmp_path / "packed.avi", FRAMES)
+    with open_video(path) as container:
+        assert index_packets(container, path).seekable  # fooled
+    player = decode_everything(path)
+    for indices in [[i] for i in range(FRAMES)] + [list(range(i, i + 3)) for i in range(FRAMES - 2)]:
+        decode._DECODED_COUNTS.clear()  # a fallback is remembered: make every read seek first
+        clip = read_frames(path, indices)
+        assert [frame_number(f) for f in clip] == [frame_number(player[i]) for i in indices]
 
 
 def test_a_seek_that_misses_falls_back_to_decoding_from_the_start(tmp_path, monkeypatch):

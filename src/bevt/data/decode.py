@@ -15,11 +15,14 @@ Two ways to reach frame i:
   stream's reorder depth after the last wanted frame, and the pts must come out strictly
   increasing: otherwise the stream is not what its packets said, and the clip is decoded from
   the start instead.
-- *From the start* (always right), for AVI (which stores no pts: FFmpeg derives them from decode
-  order, and for DivX/Xvid "packed B-frames" the derived pts are swapped while the images come
-  out right), raw elementary streams, and packets with missing or repeated pts: the stream is
-  decoded from its first frame and frame i is the i-th frame out of the decoder. The frame count
-  of such a file comes from decoding it whole once; each process remembers it.
+- *From the start* (always right), for containers that store no pts (AVI, raw elementary
+  streams: FFmpeg derives pts from decode order and picture types, and for the DivX/Xvid
+  "packed B-frames" of many AVIs the derived pts are swapped while the images come out right)
+  and for packets with missing or repeated pts: the stream is decoded from its first frame and
+  frame i is the i-th frame out of the decoder. The frame count of such a file comes from
+  decoding it whole once; each process remembers it. One exception keeps the UCF101/HMDB51 era
+  fast: MPEG-4 Part 2 in AVI without packed B-frames (no packet holds two pictures), whose
+  derived pts FFmpeg gets right, seeks.
 
 When seeking does not deliver a wanted frame the clip is decoded from the start, and when that
 shows the packet count was wrong the clip is chosen again with the decoded count, so
@@ -50,6 +53,8 @@ DECODER_THREADS = 1
 
 # Containers whose packets carry no stored presentation time (FFmpeg derives one from decode order).
 FORMATS_WITHOUT_PTS = {"avi", "h264", "hevc", "m4v", "mpegvideo", "rawvideo"}
+# An MPEG-4 Part 2 picture starts with this code; a packet with two is a packed B-frame.
+MPEG4_PICTURE_START = b"\x00\x00\x01\xb6"
 
 # Decoded frames held in memory while a from-start decode counts the frames, so the wanted ones
 # need no second pass; longer videos are decoded a second time up to the last wanted frame.
@@ -73,8 +78,9 @@ class UnreadableSample(DataError):
 class VideoIndex:
     """What reading the packets of the first video stream (without decoding) says about it.
 
-    `seekable`: every packet has its own stored pts, so `pts` (sorted) names the frames in
-    presentation order and clips may seek; then keyframes, sorted by pts, have a seek target
+    `seekable`: every packet has its own pts, stored by the container (or derived by FFmpeg for
+    unpacked MPEG-4 Part 2 in AVI), so `pts` (sorted) names the frames in presentation order
+    and clips may seek; then keyframes, sorted by pts, have a seek target
     each: min(pts, dts), because containers seek by either (mp4 by dts, Matroska by pts) and
     landing early only costs a few extra frames. `reorder_depth`: how far a packet's decode
     position is from its presentation position at most (B-frames), i.e. how many frames past
@@ -123,6 +129,9 @@ def index_packets(container, path: str) -> VideoIndex:
     """Read every packet of the first video stream (no decoding)."""
     stream = container.streams.video[0]
     pts, dts, keys = [], [], []
+    derived = container.format.name in FORMATS_WITHOUT_PTS
+    # Derived pts are right for unpacked MPEG-4 Part 2 in AVI; look for packed pictures.
+    trust_derived = container.format.name == "avi" and stream.codec_context.name == "mpeg4"
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the flush packet at the end of the stream
@@ -130,6 +139,8 @@ def index_packets(container, path: str) -> VideoIndex:
             pts.append(packet.pts)
             dts.append(packet.dts)
             keys.append(packet.is_keyframe)
+            if trust_derived and bytes(packet).count(MPEG4_PICTURE_START) > 1:
+                trust_derived = False
     except av.FFmpegError as err:
         raise UnreadableSample(
             path, f"truncated: stream unreadable after {len(pts)} packets ({_ffmpeg_message(err)})"
@@ -137,12 +148,12 @@ def index_packets(container, path: str) -> VideoIndex:
     if not pts:
         raise UnreadableSample(path, "undecodable: no video frames")
     header_frames = int(stream.frames or 0)
-    stored = (
-        container.format.name not in FORMATS_WITHOUT_PTS
+    seekable = (
+        (not derived or trust_derived)
         and all(p is not None for p in pts)
         and len(set(pts)) == len(pts)
     )
-    if not stored:
+    if not seekable:
         empty = np.zeros(0, np.int64)
         return VideoIndex(len(pts), False, empty, empty, empty, 0, header_frames)
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
@@ -202,39 +213,44 @@ def _choose(path: str, choose_indices, num_frames: int) -> list[int]:
 
 
 def _decode_seeking(container, path: str, index: VideoIndex, indices: list[int]) -> np.ndarray | None:
-    """Seek to the keyframe at or before the first wanted frame and decode forward, naming each
-    frame by its pts. None when the stream contradicts its index (a seek that lands on a
-    non-keyframe, pts out of order or unknown, a wanted frame never decoded)."""
+    """Seek to the keyframe at or before the first wanted frame and decode forward. From the
+    keyframe on, the decoder must yield exactly the index's pts in order, one frame each; any
+    other stamp (missing, out of order, skipped, extra) or a seek that lands on a non-keyframe
+    means the stream contradicts its index: None, and the caller decodes from the start."""
     stream = container.streams.video[0]
-    wanted = {int(index.pts[i]): None for i in indices}
-    keyframe = max(int(np.searchsorted(index.keyframe_pts, min(wanted), side="right")) - 1, 0)
+    wanted = dict.fromkeys(indices)
+    keyframe = max(int(np.searchsorted(index.keyframe_pts, index.pts[min(wanted)], side="right")) - 1, 0)
     start = int(index.keyframe_pts[keyframe])
-    missing, after_last, previous = len(wanted), 0, None
+    position = first = int(np.searchsorted(index.pts, start))
+    missing, after_last = len(wanted), 0
     try:
         container.seek(int(index.keyframe_seek[keyframe]), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             stamp = frame.pts
-            if stamp is None or (previous is not None and stamp <= previous):
-                return None  # the decoder's pts are not presentation times
-            if stamp < start:
+            if position == first and stamp is not None and stamp < start:
                 continue  # frames before the keyframe (the seek landed early, or open-GOP leading frames)
-            if previous is None and not frame.key_frame and keyframe > 0:
+            if position == len(index.pts) or stamp != index.pts[position]:
+                return None  # the decoder's pts are not the presentation times the packets promised
+            if position == first and not frame.key_frame and keyframe > 0:
                 return None  # the index flagged a frame as keyframe that is not one (some AVI/MP4 muxers)
-            previous = stamp
-            if stamp in wanted and wanted[stamp] is None:
-                wanted[stamp] = frame.to_ndarray(format="rgb24")
+            if position in wanted and wanted[position] is None:
+                wanted[position] = frame.to_ndarray(format="rgb24")
                 missing -= 1
+            position += 1
             if missing == 0:
                 # Every wanted frame is here; decode the reorder depth further to be sure no frame
                 # presented earlier is still coming (the pts check above would catch it).
                 after_last += 1
                 if after_last > index.reorder_depth:
                     break
+        else:
+            if position != len(index.pts):
+                return None  # the stream ended before every frame of the index was decoded
     except av.FFmpegError:
         return None  # decoding from the start says whether the file or the seek is at fault
     if missing:
         return None
-    return np.stack([wanted[int(index.pts[i])] for i in indices])
+    return np.stack([wanted[i] for i in indices])
 
 
 def _read_from_start(path: str, choose_indices, index: VideoIndex, known: int | None):
