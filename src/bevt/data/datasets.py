@@ -47,11 +47,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 class Sample:
     """One video or image; `label` is -1 when the annotation has none (e.g. a test split).
     `record` is the CSV row or json entry it came from, kept so `bevt data check --write-clean`
-    can write the same format back."""
+    can write the same format back; `where` names its line or entry for error messages."""
 
     path: str
     label: int
     record: object = field(default=None, compare=False, repr=False)
+    where: str = field(default="", compare=False, repr=False)
 
 
 @dataclass
@@ -98,7 +99,9 @@ def read_list_file(path: str, root: str, class_file: str | None = None) -> Annot
             parts = text.rsplit(maxsplit=1)
             if len(parts) != 2 or not _is_int(parts[1]):
                 raise DataError(f"{path}:{lineno}: expected '<path> <integer label>', got {text!r}")
-            samples.append(Sample(os.path.join(root, parts[0]), int(parts[1])))
+            if int(parts[1]) < 0:
+                raise DataError(f"{path}:{lineno}: label {parts[1]} is negative; labels count from 0")
+            samples.append(Sample(os.path.join(root, parts[0]), int(parts[1]), where=f"{path}:{lineno}"))
     return Annotations(path, "list", samples, _read_class_names(class_file) if class_file else None)
 
 
@@ -123,23 +126,23 @@ def read_kinetics_csv(path: str, root: str, class_file: str | None = None) -> An
                 raise DataError(f"{path}:{lineno}: time_start/time_end must be numbers, got {row}") from None
             if not row["youtube_id"]:
                 raise DataError(f"{path}:{lineno}: empty youtube_id")
-            rows.append((row, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"))
+            rows.append((row, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4", lineno))
     if class_file:
         class_names = _read_class_names(class_file)
     else:
-        class_names = sorted({row["label"] for row, _ in rows if row.get("label")})
+        class_names = sorted({row["label"] for row, _, _ in rows if row.get("label")})
     class_index = {name: i for i, name in enumerate(class_names)}
     folder_of_label = {}
     samples = []
-    for row, filename in rows:
+    for row, filename, lineno in rows:
         label_name = row.get("label") or ""
         if label_name and label_name not in class_index:
-            raise DataError(f"{path}: label {label_name!r} is not in the class list {class_file}")
+            raise DataError(f"{path}:{lineno}: label {label_name!r} is not in the class list {class_file}")
         if label_name not in folder_of_label:
             folders = [f for f in _label_folders(label_name) if os.path.isdir(os.path.join(root, f))]
             folder_of_label[label_name] = folders[0] if folders else ""
         video = os.path.join(root, folder_of_label[label_name], filename)
-        samples.append(Sample(video, class_index.get(label_name, -1), record=row))
+        samples.append(Sample(video, class_index.get(label_name, -1), record=row, where=f"{path}:{lineno}"))
     return Annotations(path, "kinetics_csv", samples, class_names, csv_fields=list(fields))
 
 
@@ -182,7 +185,8 @@ def read_ssv2_json(path: str, root: str, labels_file: str | None, entries: list 
                     f"{path}: entry {number} (id {entry['id']}): template {template!r} not in {labels_file}"
                 )
             label = class_index[template]
-        samples.append(Sample(os.path.join(root, f"{entry['id']}{extension}"), label, record=entry))
+        samples.append(Sample(os.path.join(root, f"{entry['id']}{extension}"), label, record=entry,
+                              where=f"{path}: entry {number} (id {entry['id']})"))
     class_names = sorted(class_index, key=class_index.get) if class_index else None
     return Annotations(path, "ssv2_json", samples, class_names)
 
@@ -204,7 +208,10 @@ def read_diving48_json(path: str, root: str, entries: list | None = None) -> Ann
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or "vid_name" not in entry or not _is_int(str(entry.get("label", ""))):
             raise DataError(f"{path}: entry {number} needs 'vid_name' and an integer 'label': {str(entry)[:120]}")
-        samples.append(Sample(os.path.join(root, f"{entry['vid_name']}.mp4"), int(entry["label"]), record=entry))
+        if int(entry["label"]) < 0:
+            raise DataError(f"{path}: entry {number} (vid_name {entry['vid_name']}): label {entry['label']} is negative")
+        samples.append(Sample(os.path.join(root, f"{entry['vid_name']}.mp4"), int(entry["label"]), record=entry,
+                              where=f"{path}: entry {number} (vid_name {entry['vid_name']})"))
     return Annotations(path, "diving48_json", samples)
 
 
@@ -220,7 +227,7 @@ def scan_class_folders(root: str) -> Annotations:
             subfolders.sort()
             for filename in sorted(files):
                 if Path(filename).suffix.lower() in known:
-                    samples.append(Sample(os.path.join(folder, filename), label))
+                    samples.append(Sample(os.path.join(folder, filename), label, where=os.path.join(root, name)))
     if not samples:
         raise DataError(f"{root}: no video or image files in its class folders")
     return Annotations(root, "folder", samples, class_names)
@@ -241,6 +248,31 @@ def write_annotations(annotations: Annotations, samples: list[Sample], out: str)
             writer.writerows(sample.record for sample in samples)
         else:
             handle.writelines(f"{os.path.relpath(sample.path, out_dir)} {sample.label}\n" for sample in samples)
+
+
+def check_labels(source: str, samples: list[Sample], class_names: list[str] | None, num_classes: int,
+                 key: str = "finetune.num_classes") -> None:
+    """Every sample labelled within 0..num_classes-1, and a class list (if the annotations have
+    one) of exactly `num_classes` names; otherwise a DataError naming the file and line, before a
+    run is spent on data that would crash its first batch or be scored as a silent miss."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise DataError(f"{source}: the annotations name {len(class_names)} classes, but {key}={num_classes}")
+    for sample in samples:
+        if sample.label < 0:
+            raise DataError(f"{sample.where or source}: {sample.path} has no label; training and evaluation "
+                            "need a label for every video")
+        if sample.label >= num_classes:
+            raise DataError(f"{sample.where or source}: label {sample.label} is outside 0..{num_classes - 1} "
+                            f"({key}={num_classes})")
+
+
+def count_classes(source: str, annotations: Annotations, key: str = "finetune.num_classes") -> int:
+    """The number of classes the annotations name (class-name file, SSv2 labels, Kinetics labels,
+    class folders); a list file or Diving48 json without a class-name file names none."""
+    if annotations.class_names is None:
+        raise DataError(f"{key}: not given, and {source} names no classes (a plain list of labels could "
+                        f"miss the highest ones); set {key}, or data.labels to a file of class names")
+    return len(annotations.class_names)
 
 
 def _read_json(path: str, expect: type = list):
