@@ -146,3 +146,20 @@ def write_repeated_pts_mkv(path, count: int) -> str:
             packet.is_keyframe = True
             container.mux(packet)
     return str(path)
+
+
+def write_corrupt_avi(path, count: int, broken: int) -> str:
+    """MPEG-4 Part 2 AVI (keyframe every 30 frames) whose packet `broken` is random bytes: the
+    decoder fails there, while clips before it decode fine."""
+    packets = mpeg4_packets(count, b_frames=0, gop=30)
+    garbage = np.random.default_rng(0).integers(0, 256, len(packets[broken][0]), dtype=np.uint8).tobytes()
+    packets[broken] = (garbage, packets[broken][1])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for t, (data, key) in enumerate(packets):
+            packet = av.Packet(data)
+            packet.stream, packet.time_base, packet.dts, packet.pts = stream, Fraction(1, 25), t, t
+            packet.is_keyframe = key
+            container.mux(packet)
+    return str(path)

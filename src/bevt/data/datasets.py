@@ -258,12 +258,18 @@ def check_labels(source: str, samples: list[Sample], class_names: list[str] | No
     if class_names is not None and len(class_names) != num_classes:
         raise DataError(f"{source}: the annotations name {len(class_names)} classes, but {key}={num_classes}")
     for sample in samples:
-        if sample.label < 0:
-            raise DataError(f"{sample.where or source}: {sample.path} has no label; training and evaluation "
-                            "need a label for every video")
-        if sample.label >= num_classes:
-            raise DataError(f"{sample.where or source}: label {sample.label} is outside 0..{num_classes - 1} "
-                            f"({key}={num_classes})")
+        problem = label_problem(sample, num_classes, key)
+        if problem:
+            raise DataError(f"{sample.where or source}: {problem}")
+
+
+def label_problem(sample: Sample, num_classes: int, key: str = "finetune.num_classes") -> str | None:
+    """Why `sample`'s label cannot train a `num_classes`-way head, or None."""
+    if sample.label < 0:
+        return f"{sample.path} has no label; training and evaluation need a label for every video"
+    if sample.label >= num_classes:
+        return f"label {sample.label} is outside 0..{num_classes - 1} ({key}={num_classes})"
+    return None
 
 
 def count_classes(source: str, annotations: Annotations, key: str = "finetune.num_classes") -> int:

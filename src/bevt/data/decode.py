@@ -39,6 +39,7 @@ record when they skip the sample.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -264,7 +265,7 @@ def _read_from_start(path: str, choose_indices, index: VideoIndex, known: int | 
         _DECODED_COUNTS.clear()
     _DECODED_COUNTS[_file_key(path)] = count
     if count == 0:
-        raise UnreadableSample(path, _broken_stream_reason(index, 0, "no frame decodes"))
+        raise UnreadableSample(path, _broken_stream_reason(index.header_frames, 0, "no frame decodes"))
     indices = _choose_again(path, choose_indices, index, count)
     if kept is not None:
         return np.stack([kept[i].to_ndarray(format="rgb24") for i in indices]), indices
@@ -276,7 +277,7 @@ def _choose_again(path: str, choose_indices, index: VideoIndex, count: int) -> l
         return _choose(path, choose_indices, count)
     except UnreadableSample as err:
         if count < index.num_packets and err.reason.startswith("too short: frame"):
-            raise UnreadableSample(path, _broken_stream_reason(index, count, err.reason.removeprefix("too short: "))) from None
+            raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, err.reason.removeprefix("too short: "))) from None
         raise
 
 
@@ -294,7 +295,7 @@ def _decode_all(path: str, index: VideoIndex, keep: bool) -> tuple[list | None, 
                         kept = None  # too long to hold: the wanted frames are decoded again
         except av.FFmpegError as err:
             what = f"decoding failed after {count} frames ({_ffmpeg_message(err)})"
-            raise UnreadableSample(path, _broken_stream_reason(index, count, what)) from None
+            raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, what)) from None
     return kept, count
 
 
@@ -312,14 +313,55 @@ def _decode_positions(path: str, index: VideoIndex, indices: list[int], count: i
                     break
         except av.FFmpegError as err:
             what = f"decoding failed after {position + 1} frames ({_ffmpeg_message(err)})"
-            raise UnreadableSample(path, _broken_stream_reason(index, count, what)) from None
+            raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, what)) from None
     if wanted[last] is None:
-        raise UnreadableSample(path, _broken_stream_reason(index, position + 1, f"frame {last} never decoded"))
+        raise UnreadableSample(path, _broken_stream_reason(index.header_frames, position + 1, f"frame {last} never decoded"))
     return np.stack([wanted[i] for i in indices])
 
 
-def _broken_stream_reason(index: VideoIndex, decoded: int, what: str) -> str:
+def _broken_stream_reason(header_frames: int, decoded: int, what: str) -> str:
     """A header promising more frames than the file holds is the mark of a cut-off download."""
-    if index.header_frames > decoded:
-        return f"truncated: header says {index.header_frames} frames, {decoded} decode; {what}"
+    if header_frames > decoded:
+        return f"truncated: header says {header_frames} frames, {decoded} decode; {what}"
     return f"undecodable: {what}"
+
+
+def forget(path: str) -> None:
+    """Drop the frame count this process remembers for `path`, so the next read finds it afresh."""
+    _DECODED_COUNTS.pop(_file_key(path), None)
+
+
+@dataclass(frozen=True)
+class StreamScan:
+    """A whole-stream decode, as a player shows it: per frame, its pts (None when the decoder
+    gave none) and a hash of its RGB pixels (to compare a reader's frames with, cheaply)."""
+
+    pts: list
+    hashes: list[bytes]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.hashes)
+
+
+def frame_hash(rgb: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=12).digest()
+
+
+def scan_video(path: str) -> StreamScan:
+    """Decode every frame of `path` once; `UnreadableSample` if any part of the stream fails."""
+    path = str(path)
+    with open_video(path) as container:
+        index = index_packets(container, path)  # a cut-off file is "truncated", as for the reader
+    pts, hashes = [], []
+    with open_video(path) as container:
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                pts.append(frame.pts)
+                hashes.append(frame_hash(frame.to_ndarray(format="rgb24")))
+        except av.FFmpegError as err:
+            raise UnreadableSample(path, f"undecodable: decoding the whole stream failed after {len(hashes)} of "
+                                         f"{index.num_packets} frames ({_ffmpeg_message(err)})") from None
+    if not hashes:
+        raise UnreadableSample(path, "undecodable: no frame decodes")
+    return StreamScan(pts, hashes)
