@@ -209,7 +209,8 @@ def read_diving48_json(path: str, root: str, entries: list | None = None) -> Ann
         if not isinstance(entry, dict) or "vid_name" not in entry or not _is_int(str(entry.get("label", ""))):
             raise DataError(f"{path}: entry {number} needs 'vid_name' and an integer 'label': {str(entry)[:120]}")
         if int(entry["label"]) < 0:
-            raise DataError(f"{path}: entry {number} (vid_name {entry['vid_name']}): label {entry['label']} is negative")
+            raise DataError(f"{path}: entry {number} (vid_name {entry['vid_name']}): "
+                            f"label {entry['label']} is negative")
         samples.append(Sample(os.path.join(root, f"{entry['vid_name']}.mp4"), int(entry["label"]), record=entry,
                               where=f"{path}: entry {number} (vid_name {entry['vid_name']})"))
     return Annotations(path, "diving48_json", samples)

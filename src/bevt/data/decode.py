@@ -260,7 +260,7 @@ def _read_from_start(path: str, choose_indices, index: VideoIndex, known: int | 
     if known is not None:
         indices = _choose(path, choose_indices, known)
         return _decode_positions(path, index, indices, known), indices
-    kept, count = _decode_all(path, index, keep=True)
+    kept, count = _decode_all(path, index)
     if len(_DECODED_COUNTS) >= _MAX_REMEMBERED:
         _DECODED_COUNTS.clear()
     _DECODED_COUNTS[_file_key(path)] = count
@@ -273,17 +273,20 @@ def _read_from_start(path: str, choose_indices, index: VideoIndex, known: int | 
 
 
 def _choose_again(path: str, choose_indices, index: VideoIndex, count: int) -> list[int]:
+    """`_choose` with the decoded count; a frame asked for beyond it, in a stream whose packets
+    promised more, is the mark of a cut-off or damaged file rather than of a short video."""
     try:
         return _choose(path, choose_indices, count)
     except UnreadableSample as err:
         if count < index.num_packets and err.reason.startswith("too short: frame"):
-            raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, err.reason.removeprefix("too short: "))) from None
+            what = err.reason.removeprefix("too short: ")
+            raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, what)) from None
         raise
 
 
-def _decode_all(path: str, index: VideoIndex, keep: bool) -> tuple[list | None, int]:
-    """Decode the whole stream: (its frames if `keep` and they fit in KEEP_DECODED_BYTES, count)."""
-    kept, held, count = [] if keep else None, 0, 0
+def _decode_all(path: str, index: VideoIndex) -> tuple[list | None, int]:
+    """Decode the whole stream: (its frames if they fit in KEEP_DECODED_BYTES, else None; count)."""
+    kept, held, count = [], 0, 0
     with open_video(path) as container:
         try:
             for frame in container.decode(container.streams.video[0]):
@@ -315,7 +318,8 @@ def _decode_positions(path: str, index: VideoIndex, indices: list[int], count: i
             what = f"decoding failed after {position + 1} frames ({_ffmpeg_message(err)})"
             raise UnreadableSample(path, _broken_stream_reason(index.header_frames, count, what)) from None
     if wanted[last] is None:
-        raise UnreadableSample(path, _broken_stream_reason(index.header_frames, position + 1, f"frame {last} never decoded"))
+        what = f"frame {last} never decoded"
+        raise UnreadableSample(path, _broken_stream_reason(index.header_frames, position + 1, what))
     return np.stack([wanted[i] for i in indices])
 
 
