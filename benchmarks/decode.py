@@ -14,7 +14,7 @@ All readers use the same decoder threading (one thread: DataLoader workers give 
 parallelism). Last, the full pretraining pipeline per sample (decode + short-side resize + crop
 + flip + normalised model view + Lanczos tokenizer view), in one process with one thread.
 
-    .venv/bin/python benchmarks/decode.py [--videos 4 --clips 48 --gop 250] [--baseline-src OTHER/src]
+    .venv/bin/python benchmarks/decode.py [--videos 4 --clips 48 --rounds 3 --gop 250] [--baseline-src OTHER/src]
 
 `--baseline-src` names the `src` folder of another checkout (e.g. a `git worktree` of an older
 commit) whose `bevt/data/decode.py` is measured as a third reader.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import sys
 import tempfile
 import time
@@ -113,10 +114,17 @@ def whole_file(paths: list[Path]) -> dict:
     return with_frames
 
 
-def report(title: str, readers: dict, videos: list[Path], clips: int, sampler) -> None:
+def report(title: str, readers: dict, videos: list[Path], clips: int, sampler, rounds: int) -> None:
+    """Each reader's median speed over `rounds` rounds, the readers taking turns within a round
+    (a shared machine's load then weighs on all of them alike); failures and wrong frames summed."""
     reference = whole_file(videos)
     print(title)
-    results = {name: measure(read, videos, clips, sampler, reference) for name, read in readers.items()}
+    runs = {name: [] for name in readers}
+    for _ in range(rounds):
+        for name, read in readers.items():
+            runs[name].append(measure(read, videos, clips, sampler, reference))
+    results = {name: (statistics.median(r[0] for r in found), sum(r[1] for r in found), sum(r[2] for r in found))
+               for name, found in runs.items()}
     base = results["decode every frame, then index"][0]
     for name, (speed, failed, wrong) in results.items():
         print(f"  {name:<34}: {speed:8.1f} clips/s  ({speed / base:5.2f}x)  "
@@ -129,6 +137,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=48, help="clips per measurement")
     parser.add_argument("--gop", type=int, default=250, help="keyframe interval of the H.264 videos (x264's default)")
     parser.add_argument("--size", type=int, default=224, help="crop size of the pipeline measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per reader (the median is shown)")
     parser.add_argument("--baseline-src", help="src folder of another bevt checkout whose reader is measured too")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -149,12 +158,14 @@ def main() -> None:
                 found[f"other checkout ({args.baseline_src})"] = other_reader(args.baseline_src)
             return found
 
-        report(f"paper: 16x8 clips, 10 s 320x240 30 fps H.264 mp4 (keyframe every {args.gop}), {args.clips} clips:",
-               readers(cold=False), mp4s, args.clips, IntervalSampler(16, 8))
-        report(f"avi: 16x8 clips, 10 s 320x240 30 fps MPEG-4 Part 2 AVI with B-frames, {args.clips} clips, "
-               "each file met for the first time:", readers(cold=True), avis, args.clips, IntervalSampler(16, 8))
-        report(f"demo: 8x2 clips of {len(demo)} 64-px 8-frame synthetic H.264 videos, {4 * args.clips} clips:",
-               readers(cold=False), demo, 4 * args.clips, IntervalSampler(8, 2))
+        per_round = f"{args.clips} clips per round, median of {args.rounds} rounds"
+        report(f"paper: 16x8 clips, 10 s 320x240 30 fps H.264 mp4 (keyframe every {args.gop}), {per_round}:",
+               readers(cold=False), mp4s, args.clips, IntervalSampler(16, 8), args.rounds)
+        report(f"avi: 16x8 clips, 10 s 320x240 30 fps MPEG-4 Part 2 AVI with B-frames, each file met for the "
+               f"first time, {per_round}:", readers(cold=True), avis, args.clips, IntervalSampler(16, 8), args.rounds)
+        report(f"demo: 8x2 clips of {len(demo)} 64-px 8-frame synthetic H.264 videos, {4 * args.clips} clips per "
+               f"round, median of {args.rounds} rounds:",
+               readers(cold=False), demo, 4 * args.clips, IntervalSampler(8, 2), args.rounds)
 
         transform = PretrainTransform(args.size)
         sampler = IntervalSampler(16, 8)
