@@ -126,4 +126,5 @@ def test_an_unwritable_clean_list_fails_before_any_work(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert main(["data", "check", listing, "--write-clean", str(tmp_path / "a_file" / "clean.txt")]) == 2
     err = capsys.readouterr().err
-    assert "--write-clean" in err and "cannot write there" in err and "checking" not in err
+    assert f"--write-clean {tmp_path}/a_file/clean.txt: {tmp_path}/a_file is a file, not a folder" in err
+    assert "checking" not in err  # no sample was read

@@ -39,7 +39,7 @@ from bevt.data.datasets import (
 )
 from bevt.data.decode import UnreadableSample, read_clip
 from bevt.data.loader import clip_sampler as recipe_sampler
-from bevt.errors import DataError, UsageError
+from bevt.errors import ConfigError, DataError, UsageError
 
 
 @dataclass
@@ -135,6 +135,11 @@ def check_samples(samples: list[Sample], sampler, workers: int = 4, fast: bool =
 def check_writable(out: str) -> None:
     """Fail now, not after the whole check, when `--write-clean OUT` cannot be written."""
     folder = os.path.dirname(os.path.abspath(out))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise DataError(f"--write-clean {out}: {existing} is a file, not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
@@ -155,7 +160,10 @@ def settings(args) -> tuple[str, DataConfig, int | None]:
         raise UsageError(f"overrides ({' '.join(overrides)}) need --config RECIPE")
     cfg = load_config(args.config, overrides) if args.config else None
     given = {name: getattr(args, name) for name in ("root", "labels", "frames", "interval", "sampling")}
-    data = dataclasses.replace(cfg.data if cfg else DataConfig(), **{k: v for k, v in given.items() if v is not None})
+    try:
+        data = dataclasses.replace(cfg.data if cfg else DataConfig(), **{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise ConfigError(f"--{err}") from None  # "--frames: must be even ..."
     path = paths[0] if paths else data.train
     if path is None:
         raise UsageError("name the annotations to check, or a --config whose data.train names them")
