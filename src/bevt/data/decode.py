@@ -186,14 +186,13 @@ def read_clip(path: str, choose_indices) -> tuple[np.ndarray, list[int]]:
     path = str(path)
     with open_video(path) as container:
         index = index_packets(container, path)
-        known = _DECODED_COUNTS.get(_file_key(path))
-        if index.seekable and known is None:
+        if index.seekable:  # never skipped for what this process remembers: a clip depends on the file only
             indices = _choose(path, choose_indices, index.num_packets)
             frames = _decode_seeking(container, path, index, indices)
             if frames is not None:
                 return frames, indices
     # Not seekable, or seeking failed: frame i is the i-th frame decoded from the start.
-    return _read_from_start(path, choose_indices, index, known)
+    return _read_from_start(path, choose_indices, index, _DECODED_COUNTS.get(_file_key(path)))
 
 
 def _file_key(path: str) -> tuple[str, int, int]:
