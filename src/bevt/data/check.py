@@ -159,9 +159,10 @@ def settings(args) -> tuple[str, DataConfig, int | None]:
     if overrides and not args.config:
         raise UsageError(f"overrides ({' '.join(overrides)}) need --config RECIPE")
     cfg = load_config(args.config, overrides) if args.config else None
-    given = {name: getattr(args, name) for name in ("root", "labels", "frames", "interval", "sampling")}
+    options = {name: getattr(args, name) for name in ("root", "labels", "frames", "interval", "sampling")}
+    given = {name: value for name, value in options.items() if value is not None}
     try:
-        data = dataclasses.replace(cfg.data if cfg else DataConfig(), **{k: v for k, v in given.items() if v is not None})
+        data = dataclasses.replace(cfg.data if cfg else DataConfig(), **given)
     except ConfigError as err:
         raise ConfigError(f"--{err}") from None  # "--frames: must be even ..."
     path = paths[0] if paths else data.train
