@@ -9,12 +9,13 @@ Two ways to reach frame i:
 
 - *Seeking* (fast), when the container stores a unique presentation timestamp (pts) for every
   packet (mp4, mkv, webm, mov): reading the packets without decoding them (cheap: no pixels are
-  made) gives the frame count and every frame's pts. A clip seeks to the last keyframe at or
-  before its first frame and decodes forward; each decoded frame is identified by its pts,
-  never by decode order or by being "the first pts past" a bound. Decoding continues for the
-  stream's reorder depth after the last wanted frame, and the pts must come out strictly
-  increasing: otherwise the stream is not what its packets said, and the clip is decoded from
-  the start instead.
+  made) gives the frame count and every frame's pts; frame i carries the i-th smallest pts. A
+  clip seeks to the last keyframe at or before its first frame and decodes forward; from the
+  keyframe on, the decoder must yield exactly the index's pts in order, one frame each (never
+  "the first pts past" a bound, never packet order). Decoding continues for the stream's
+  reorder depth after the last wanted frame, so that a frame presented earlier but decoded
+  later would show as a pts out of order. Any disagreement means the stream is not what its
+  packets said, and the clip is decoded from the start instead.
 - *From the start* (always right), for containers that store no pts (AVI, raw elementary
   streams: FFmpeg derives pts from decode order and picture types, and for the DivX/Xvid
   "packed B-frames" of many AVIs the derived pts are swapped while the images come out right)
