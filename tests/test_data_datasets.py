@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bevt.config import DataConfig
-from bevt.data.datasets import ImageDataset, SkipCounter, VideoDataset, collate, load_annotations, write_annotations
+from bevt.data.datasets import (
+    ImageDataset, SkipCounter, VideoDataset, check_labels, collate, count_classes, load_annotations, write_annotations,
+)
 from bevt.data.loader import build_image_pretrain_loader
 from bevt.data.sampling import IntervalSampler
 from bevt.data.synthetic import write_h264
@@ -140,6 +142,74 @@ def broken_set(tmp_path):
 
 def clip_dataset(samples, **kwargs):
     return VideoDataset(samples, IntervalSampler(4, 2), FinetuneTransform(16, scale=(0.5, 1.0)), seed=0, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels against the class count
+# ----------------------------------------------------------------------------------------------
+
+
+def check(path, num_classes, labels=None):
+    found = load_annotations(str(path), labels=labels)
+    check_labels(str(path), found.samples, found.class_names, num_classes)
+
+
+def test_out_of_range_and_negative_list_labels_name_file_and_line(tmp_path):
+    listing = tmp_path / "train.txt"
+    listing.write_text("a.mp4 0\nb.mp4 4\nc.mp4 7\n")
+    check(listing, 8)
+    with pytest.raises(DataError, match=r"train\.txt:3: label 7 is outside 0\.\.4 \(finetune\.num_classes=5\)"):
+        check(listing, 5)
+    listing.write_text("a.mp4 0\nb.mp4 -2\n")
+    with pytest.raises(DataError, match=r"train\.txt:2: label -2 is negative; labels count from 0"):
+        load_annotations(str(listing))
+
+
+def test_a_class_list_that_disagrees_with_num_classes(tmp_path):
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    check(tmp_path / "train.txt", 3, labels=str(tmp_path / "classes.txt"))
+    with pytest.raises(DataError, match=r"train\.txt: the annotations name 3 classes, but finetune\.num_classes=4"):
+        check(tmp_path / "train.txt", 4, labels=str(tmp_path / "classes.txt"))
+
+
+def test_ssv2_label_ids_beyond_num_classes_name_the_entry(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"Pushing something": "0", "Pulling something": "9"}))
+    (tmp_path / "train.json").write_text(json.dumps([{"id": "1", "template": "Pushing [something]"},
+                                                     {"id": "2", "template": "Pulling [something]"}]))
+    found = load_annotations(str(tmp_path / "train.json"), labels=str(tmp_path / "labels.json"))
+    with pytest.raises(DataError, match=r"train\.json: entry 1 \(id 2\): label 9 is outside 0\.\.1"):
+        check_labels("train.json", found.samples, None, 2)
+
+
+def test_unlabelled_samples_cannot_train(tmp_path):
+    (tmp_path / "test.json").write_text(json.dumps([{"id": "1"}]))
+    found = load_annotations(str(tmp_path / "test.json"))
+    with pytest.raises(DataError, match=r"test\.json: entry 0 \(id 1\): .*1\.webm has no label"):
+        check_labels("test.json", found.samples, None, 2)
+
+
+def test_kinetics_label_outside_the_class_file_names_the_line(tmp_path):
+    with open(tmp_path / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerows([["abseiling", "aaa", 0, 10, "train"], ["juggling", "bbb", 0, 10, "train"]])
+    (tmp_path / "classes.txt").write_text("abseiling\n")
+    with pytest.raises(DataError, match=r"train\.csv:3: label 'juggling' is not in the class list"):
+        load_annotations(str(tmp_path / "train.csv"), labels=str(tmp_path / "classes.txt"))
+
+
+def test_class_count_comes_from_class_names_or_folders_never_from_a_bare_list(tmp_path):
+    for name in ("b_dog", "a_cat", "c_bird"):
+        (tmp_path / "videos" / name).mkdir(parents=True)
+        (tmp_path / "videos" / name / "x.mp4").write_bytes(b"")
+    assert count_classes("videos", load_annotations(str(tmp_path / "videos"))) == 3
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\nfish\n")
+    assert count_classes("train.txt", load_annotations(str(tmp_path / "train.txt"),
+                                                       labels=str(tmp_path / "classes.txt"))) == 4
+    with pytest.raises(DataError, match=r"finetune\.num_classes: not given, and train\.txt names no classes"):
+        count_classes("train.txt", load_annotations(str(tmp_path / "train.txt")))
 
 
 def test_unreadable_sample_is_replaced_by_the_next_one_and_recorded(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from bevt.data.datasets import load_annotations
-from bevt.data.decode import read_frames
 from bevt.data.synthetic import (
     TEMPORAL_CLASSES,
     make_synthetic_benchmark,
@@ -19,6 +18,7 @@ from bevt.data.synthetic import (
     write_h264,
 )
 from bevt.errors import DataError
+from videos import read_frames
 
 SIZE, FRAMES = 32, 8
 

@@ -62,8 +62,11 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     assert main(["pretrain", "--config", "tiny_image", *pretrain_overrides(bench, stage1), "optim.epochs=1"]) == 0
     assert main(["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, stage2), f"run.init_from={stage1}",
                  "optim.epochs=0.5", "optim.warmup_epochs=0.2"]) == 0
+    # finetune.num_classes left out: counted from data.labels and saved, so evaluate and predict
+    # rebuild the same head
     assert main(["finetune", "--config", "tiny_finetune", *finetune_overrides(bench, finetuned),
-                 f"run.init_from={stage2}", "optim.epochs=1"]) == 0
+                 f"run.init_from={stage2}", "optim.epochs=1", "finetune.num_classes=null"]) == 0
+    assert load_config(str(finetuned / "config.yaml")).finetune.num_classes == 6
     joint_metrics = read_metrics(stage2)
     assert {"loss_image", "loss_video", "acc_image", "acc_video", "clips_per_s", "images_per_s",
             "time_data", "time_tokenizer", "time_forward_backward", "time_optimizer"} <= set(joint_metrics[-1])
@@ -87,6 +90,13 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     broken_results = json.loads((tmp_path / "eval2" / "results.json").read_text())
     assert (broken_results["videos"], broken_results["unreadable"]) == (12, 2)
     assert broken_results["results"]["normal"] == results["results"]["normal"]
+    # a label outside the checkpoint's classes is an error naming file and line, not a silent miss
+    bad = tmp_path / "val_bad_label.txt"
+    bad.write_text("\n".join([*lines[:2], lines[2].rsplit(" ", 1)[0] + " 7", *lines[3:]]) + "\n")
+    capsys.readouterr()
+    assert main(["evaluate", "--config", "tiny_finetune", *finetune_overrides(bench, finetuned), f"data.val={bad}",
+                 "--checkpoint", str(finetuned)]) == 2
+    assert f"{bad}:3: label 7 is outside 0..5 (the checkpoint's finetune.num_classes=6)" in capsys.readouterr().err
 
     video = os.path.join(val_dir, "val_00000.mp4")
     capsys.readouterr()
@@ -110,6 +120,24 @@ def test_chain_stage1_stage2_finetune_evaluate_predict(bench, tmp_path, capsys):
     stream = SimpleNamespace(batches_per_epoch=1)
     FinetuneTask(cfg, stream, None, torch.device("cpu")).init_weights(classifier, *read_init_weights(str(stage1)))
     assert torch.equal(classifier.encoder.patch_embed.proj.weight, inflate_patch_embed(image_embed))
+
+
+def test_bad_labels_fail_before_training_with_file_and_line(bench, tmp_path, capsys):
+    val_dir = os.path.dirname(bench["temporal_val"])
+    lines = [f"{os.path.join(val_dir, line)}" for line in open(bench["temporal_val"]).read().splitlines()]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join([*lines[:2], lines[2].rsplit(" ", 1)[0] + " 7", *lines[3:]]) + "\n")
+    out = tmp_path / "never"
+    capsys.readouterr()
+    assert main(["finetune", "--config", "tiny_finetune", *finetune_overrides(bench, out), f"data.train={bad}",
+                 "run.init_from=null"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: label 7 is outside 0..5 (finetune.num_classes=6)" in err and "Traceback" not in err
+    assert not out.exists()  # nothing written, nothing trained
+    assert main(["finetune", "--config", "tiny_finetune", *finetune_overrides(bench, out), "finetune.num_classes=5",
+                 "run.init_from=null"]) == 2
+    assert "the annotations name 6 classes, but finetune.num_classes=5" in capsys.readouterr().err
+
 
 
 def test_diverging_run_stops_with_a_clear_error_and_no_checkpoint(bench, tmp_path, capsys):

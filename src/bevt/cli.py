@@ -127,12 +127,18 @@ def _run_synth(args):
 def _add_data(sub):
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_verb", required=True)
-    chk = dsub.add_parser("check", help="decode one clip of every sample; report unreadable ones")
-    chk.add_argument("path", help="a list file, an annotation json/csv, or a folder")
+    chk = dsub.add_parser("check", help="decode every video whole and every clip the sampler can draw; "
+                          "report unreadable samples and bad labels")
+    chk.add_argument("items", nargs="*", metavar="PATH | key=value",
+                     help="a list file, an annotation json/csv, or a folder (default: data.train of --config); "
+                          "key=value overrides of --config")
+    chk.add_argument("--config", default=None, help="recipe whose annotations, labels, class count and sampler to use")
     chk.add_argument("--root", default=None, help="prefix for relative video paths")
-    chk.add_argument("--labels", default=None, help="SSv2 labels json")
-    chk.add_argument("--frames", type=int, default=16)
-    chk.add_argument("--interval", type=int, default=8)
+    chk.add_argument("--labels", default=None, help="class names: SSv2 labels json, or one name per line")
+    chk.add_argument("--frames", type=int, default=None, help="frames per clip (default: the recipe's, else 16)")
+    chk.add_argument("--interval", type=int, default=None, help="frame interval (default: the recipe's, else 8)")
+    chk.add_argument("--sampling", choices=("interval", "segment"), default=None, help="default: the recipe's")
+    chk.add_argument("--fast", action="store_true", help="only decode one centred clip per video")
     chk.add_argument("--workers", type=int, default=4)
     chk.add_argument("--write-clean", default=None, metavar="OUT", help="write the list without the bad samples")
     return _run_data

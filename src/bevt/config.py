@@ -194,7 +194,7 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    num_classes: int | None = doc(None, "classes of the finetuning task (required for finetuning)")
+    num_classes: int | None = doc(None, "classes of the finetuning task; null = counted from data.labels or the class folders")
     label_smoothing: float = doc(0.0, "label smoothing of the cross-entropy (SSv2: 0.1)")
     mixup: float = doc(0.0, "mixup alpha; 0 = off")
     cutmix: float = doc(0.0, "cutmix alpha; 0 = off")
@@ -258,7 +258,6 @@ class Config:
             section, name = key.split(".")
             _check(getattr(getattr(self, section), name) is not None, key, f"is required for {self.describe()}")
         if self.task == "finetune":
-            _check(self.finetune.num_classes is not None, "finetune.num_classes", "is required for finetuning")
             mixing = self.finetune.mixup > 0 or self.finetune.cutmix > 0
             _check(not mixing or self.data.video_batch_size % 2 == 0, "data.video_batch_size",
                    "must be even with mixup / cutmix (clips are mixed in pairs)")

@@ -47,11 +47,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 class Sample:
     """One video or image; `label` is -1 when the annotation has none (e.g. a test split).
     `record` is the CSV row or json entry it came from, kept so `bevt data check --write-clean`
-    can write the same format back."""
+    can write the same format back; `where` names its line or entry for error messages."""
 
     path: str
     label: int
     record: object = field(default=None, compare=False, repr=False)
+    where: str = field(default="", compare=False, repr=False)
 
 
 @dataclass
@@ -98,7 +99,9 @@ def read_list_file(path: str, root: str, class_file: str | None = None) -> Annot
             parts = text.rsplit(maxsplit=1)
             if len(parts) != 2 or not _is_int(parts[1]):
                 raise DataError(f"{path}:{lineno}: expected '<path> <integer label>', got {text!r}")
-            samples.append(Sample(os.path.join(root, parts[0]), int(parts[1])))
+            if int(parts[1]) < 0:
+                raise DataError(f"{path}:{lineno}: label {parts[1]} is negative; labels count from 0")
+            samples.append(Sample(os.path.join(root, parts[0]), int(parts[1]), where=f"{path}:{lineno}"))
     return Annotations(path, "list", samples, _read_class_names(class_file) if class_file else None)
 
 
@@ -123,23 +126,23 @@ def read_kinetics_csv(path: str, root: str, class_file: str | None = None) -> An
                 raise DataError(f"{path}:{lineno}: time_start/time_end must be numbers, got {row}") from None
             if not row["youtube_id"]:
                 raise DataError(f"{path}:{lineno}: empty youtube_id")
-            rows.append((row, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"))
+            rows.append((row, f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4", lineno))
     if class_file:
         class_names = _read_class_names(class_file)
     else:
-        class_names = sorted({row["label"] for row, _ in rows if row.get("label")})
+        class_names = sorted({row["label"] for row, _, _ in rows if row.get("label")})
     class_index = {name: i for i, name in enumerate(class_names)}
     folder_of_label = {}
     samples = []
-    for row, filename in rows:
+    for row, filename, lineno in rows:
         label_name = row.get("label") or ""
         if label_name and label_name not in class_index:
-            raise DataError(f"{path}: label {label_name!r} is not in the class list {class_file}")
+            raise DataError(f"{path}:{lineno}: label {label_name!r} is not in the class list {class_file}")
         if label_name not in folder_of_label:
             folders = [f for f in _label_folders(label_name) if os.path.isdir(os.path.join(root, f))]
             folder_of_label[label_name] = folders[0] if folders else ""
         video = os.path.join(root, folder_of_label[label_name], filename)
-        samples.append(Sample(video, class_index.get(label_name, -1), record=row))
+        samples.append(Sample(video, class_index.get(label_name, -1), record=row, where=f"{path}:{lineno}"))
     return Annotations(path, "kinetics_csv", samples, class_names, csv_fields=list(fields))
 
 
@@ -182,7 +185,8 @@ def read_ssv2_json(path: str, root: str, labels_file: str | None, entries: list 
                     f"{path}: entry {number} (id {entry['id']}): template {template!r} not in {labels_file}"
                 )
             label = class_index[template]
-        samples.append(Sample(os.path.join(root, f"{entry['id']}{extension}"), label, record=entry))
+        samples.append(Sample(os.path.join(root, f"{entry['id']}{extension}"), label, record=entry,
+                              where=f"{path}: entry {number} (id {entry['id']})"))
     class_names = sorted(class_index, key=class_index.get) if class_index else None
     return Annotations(path, "ssv2_json", samples, class_names)
 
@@ -204,7 +208,11 @@ def read_diving48_json(path: str, root: str, entries: list | None = None) -> Ann
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or "vid_name" not in entry or not _is_int(str(entry.get("label", ""))):
             raise DataError(f"{path}: entry {number} needs 'vid_name' and an integer 'label': {str(entry)[:120]}")
-        samples.append(Sample(os.path.join(root, f"{entry['vid_name']}.mp4"), int(entry["label"]), record=entry))
+        if int(entry["label"]) < 0:
+            raise DataError(f"{path}: entry {number} (vid_name {entry['vid_name']}): "
+                            f"label {entry['label']} is negative")
+        samples.append(Sample(os.path.join(root, f"{entry['vid_name']}.mp4"), int(entry["label"]), record=entry,
+                              where=f"{path}: entry {number} (vid_name {entry['vid_name']})"))
     return Annotations(path, "diving48_json", samples)
 
 
@@ -220,7 +228,7 @@ def scan_class_folders(root: str) -> Annotations:
             subfolders.sort()
             for filename in sorted(files):
                 if Path(filename).suffix.lower() in known:
-                    samples.append(Sample(os.path.join(folder, filename), label))
+                    samples.append(Sample(os.path.join(folder, filename), label, where=os.path.join(root, name)))
     if not samples:
         raise DataError(f"{root}: no video or image files in its class folders")
     return Annotations(root, "folder", samples, class_names)
@@ -241,6 +249,37 @@ def write_annotations(annotations: Annotations, samples: list[Sample], out: str)
             writer.writerows(sample.record for sample in samples)
         else:
             handle.writelines(f"{os.path.relpath(sample.path, out_dir)} {sample.label}\n" for sample in samples)
+
+
+def check_labels(source: str, samples: list[Sample], class_names: list[str] | None, num_classes: int,
+                 key: str = "finetune.num_classes") -> None:
+    """Every sample labelled within 0..num_classes-1, and a class list (if the annotations have
+    one) of exactly `num_classes` names; otherwise a DataError naming the file and line, before a
+    run is spent on data that would crash its first batch or be scored as a silent miss."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise DataError(f"{source}: the annotations name {len(class_names)} classes, but {key}={num_classes}")
+    for sample in samples:
+        problem = label_problem(sample, num_classes, key)
+        if problem:
+            raise DataError(f"{sample.where or source}: {problem}")
+
+
+def label_problem(sample: Sample, num_classes: int, key: str = "finetune.num_classes") -> str | None:
+    """Why `sample`'s label cannot train a `num_classes`-way head, or None."""
+    if sample.label < 0:
+        return f"{sample.path} has no label; training and evaluation need a label for every video"
+    if sample.label >= num_classes:
+        return f"label {sample.label} is outside 0..{num_classes - 1} ({key}={num_classes})"
+    return None
+
+
+def count_classes(source: str, annotations: Annotations, key: str = "finetune.num_classes") -> int:
+    """The number of classes the annotations name (class-name file, SSv2 labels, Kinetics labels,
+    class folders); a list file or Diving48 json without a class-name file names none."""
+    if annotations.class_names is None:
+        raise DataError(f"{key}: not given, and {source} names no classes (a plain list of labels could "
+                        f"miss the highest ones); set {key}, or data.labels to a file of class names")
+    return len(annotations.class_names)
 
 
 def _read_json(path: str, expect: type = list):
@@ -282,7 +321,9 @@ class SkippingDataset(torch.utils.data.Dataset):
     """Base of bevt's datasets: seeding per sample, substitution of unreadable samples, masks.
 
     Keys are `(epoch, index)` pairs (what `ResumableSampler` yields) or plain indices (epoch 0).
-    Subclasses implement `load(sample, clip_generator, augment_seed) -> dict of tensors`.
+    Subclasses implement `load(sample, clip_seed, augment_seed) -> dict of tensors`; the clip
+    position is drawn from a generator made from `clip_seed` each time the reader asks for it
+    (it may ask twice, when decoding corrects a video's frame count).
     `class_names` (or None) is carried for the caller, e.g. to name predictions.
     """
 
@@ -308,7 +349,7 @@ class SkippingDataset(torch.utils.data.Dataset):
             try:
                 item = self.load(
                     sample,
-                    _generator(sample_seed(self.seed, epoch, index, _CLIP_STREAM, attempt)),
+                    sample_seed(self.seed, epoch, index, _CLIP_STREAM, attempt),
                     sample_seed(self.seed, epoch, index, _AUGMENT_STREAM, attempt),
                 )
                 break
@@ -327,7 +368,7 @@ class SkippingDataset(torch.utils.data.Dataset):
             item["mask"] = self.mask_generator(generator=_generator(sample_seed(self.seed, epoch, index, _MASK_STREAM)))
         return item
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         raise NotImplementedError
 
 
@@ -350,7 +391,6 @@ class VideoDataset(SkippingDataset):
         *,
         train: bool = True,
         num_clips: int = 1,
-        backend: str = "pyav",
         **kwargs,
     ):
         super().__init__(samples, **kwargs)
@@ -358,18 +398,17 @@ class VideoDataset(SkippingDataset):
         self.transform = transform
         self.train = train
         self.num_clips = num_clips
-        self.backend = backend
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         if self.train:
-            frames, _ = read_clip(sample.path, lambda n: self.clip_sampler(n, clip_generator), self.backend)
+            frames, _ = read_clip(sample.path, lambda n: self.clip_sampler(n, _generator(clip_seed)))
             with seeded(augment_seed):
                 out = self.transform(frames)
             if isinstance(out, dict):
                 return {"video": out["view"], "video_tok": out["tok"]}
             return {"video": out}
         frames, _ = read_clip(
-            sample.path, lambda n: views_to_indices(self.clip_sampler.test_views(n, self.num_clips)), self.backend
+            sample.path, lambda n: views_to_indices(self.clip_sampler.test_views(n, self.num_clips))
         )
         with seeded(augment_seed):
             views = [self.transform(clip) for clip in np.split(frames, self.num_clips)]
@@ -388,9 +427,9 @@ class ImageDataset(SkippingDataset):
         super().__init__(samples, **kwargs)
         self.transform = transform
 
-    def load(self, sample: Sample, clip_generator: torch.Generator, augment_seed: int) -> dict:
+    def load(self, sample: Sample, clip_seed: int, augment_seed: int) -> dict:
         if Path(sample.path).suffix.lower() in VIDEO_EXTENSIONS:
-            frames, _ = read_clip(sample.path, lambda n: [int(torch.randint(n, (1,), generator=clip_generator))])
+            frames, _ = read_clip(sample.path, lambda n: [int(torch.randint(n, (1,), generator=_generator(clip_seed)))])
             pixels = frames[0]
         else:
             pixels = read_image(sample.path)

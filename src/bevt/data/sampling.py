@@ -8,6 +8,7 @@ A video that cannot give a clip raises `ValueError`, which decoding reports as "
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,12 @@ class IntervalSampler:
         start = slack // 2 if generator is None else int(torch.randint(slack + 1, (), generator=generator))
         return [start + i * interval for i in range(self.clip_len)]
 
+    def reachable(self, num_frames: int) -> list[tuple[int, int]]:
+        """(first, last) frame of every clip training can draw (test views are among them)."""
+        interval = self.interval_for(num_frames)
+        span = self.span(interval)
+        return [(start, start + span - 1) for start in range(num_frames - span + 1)]
+
     def test_views(self, num_frames: int, num_clips: int) -> list[list[int]]:
         """`num_clips` clips with evenly spaced starts, each centred in its share of the video."""
         interval = self.interval_for(num_frames)
@@ -82,6 +89,13 @@ class SegmentSampler:
         if generator is None:
             return self._at(num_frames, [0.5] * self.num_segments)
         return self._at(num_frames, [_uniform(generator, 1.0) for _ in range(self.num_segments)])
+
+    def reachable(self, num_frames: int) -> list[tuple[int, int]]:
+        """(first, last) frame of the clips training can draw: any frame of the first segment
+        starts one, and the longest ends at the last frame of the last segment."""
+        if num_frames < 1:
+            raise ValueError("video has no frames")
+        return [(first, num_frames - 1) for first in range(math.ceil(num_frames / self.num_segments))]
 
     def test_views(self, num_frames: int, num_clips: int) -> list[list[int]]:
         """`num_clips` clips, clip k taking the frame at (k + 0.5) / num_clips of every segment."""

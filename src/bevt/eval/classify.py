@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from bevt.config import Config, load_config
+from bevt.data.datasets import check_labels
 from bevt.data.loader import build_eval_loader
 from bevt.errors import CheckpointError, ConfigError, DataError
 from bevt.eval.temporal import MODES, apply_mode
@@ -53,9 +54,11 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
     and, with `out_dir`, writes it as results.json and a results.md table there (rank 0).
     """
     device = pick_device(cfg.run.device)
-    model, _ = load_classifier(checkpoint, device)
+    model, model_cfg = load_classifier(checkpoint, device)
     rank, world_size = rank_and_world_size()
     loader = build_eval_loader(cfg.data, cfg.eval, rank=rank, world_size=world_size)
+    check_labels(cfg.data.val, loader.dataset.samples, loader.dataset.class_names, model_cfg.finetune.num_classes,
+                 key="the checkpoint's finetune.num_classes")
     modes = MODES if temporal_test else ("normal",)
     generator = torch.Generator().manual_seed(cfg.run.seed)
     hits = torch.zeros(len(modes), 2, dtype=torch.float64, device=device)  # (mode, top-1 / top-5)
@@ -74,8 +77,6 @@ def evaluate(cfg: Config, checkpoint: str | Path, temporal_test: bool = False, o
         if not fresh.any():
             continue
         label = batch["label"][fresh].to(device)
-        if (label < 0).any():
-            raise DataError(f"{cfg.data.val}: evaluation needs labelled videos; some have no label")
         video = batch["video"][fresh].to(device)  # (B,V,3,T,H,W)
         for i, mode in enumerate(modes):
             clips = apply_mode(mode, video.flatten(0, 1), generator)

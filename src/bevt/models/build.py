@@ -13,6 +13,7 @@ from torch import nn
 
 from bevt.checkpoint import EMA_FILE, MODEL_FILE, load_strict, read_config, read_weights, resolve_checkpoint
 from bevt.config import Config
+from bevt.errors import ConfigError
 from bevt.models import VideoClassifier, create_model
 from bevt.models.pretrainer import BEVTPretrainer
 from bevt.tokenizers import load_tokenizer, vq_tokenizer_class
@@ -36,6 +37,8 @@ def build_model(cfg: Config, tokenizer=None) -> nn.Module:
     if cfg.task == "tokenizer":
         VQTokenizer = vq_tokenizer_class()
         return VQTokenizer(width=cfg.vq.width, codebook_size=cfg.vq.codebook_size, code_dim=cfg.vq.code_dim)
+    if cfg.task == "finetune" and cfg.finetune.num_classes is None:
+        raise ConfigError("finetune.num_classes: not given, and not counted from data.train (is it there?); set it")
     encoder = create_model(cfg.model.name, **encoder_kwargs(cfg))
     if cfg.task == "finetune":
         encoder.patch_embed_2d.requires_grad_(False)

@@ -29,7 +29,7 @@ from bevt.models.build import build_model
 from bevt.models.convert import load_checkpoint_file
 from bevt.tokenizers import load_tokenizer
 from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
-from bevt.train.tasks import make_task
+from bevt.train.tasks import check_finetune_labels, make_task
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def dry_run(cfg: Config) -> None:
     with one DataError naming every missing input, or print what a run would do."""
     device = pick_device(cfg.run.device)
     _check_run_options(cfg, device)
+    cfg = cfg if missing_inputs(cfg) else check_finetune_labels(cfg)
     tokenizer = None
     if cfg.task == "pretrain":
         tokenizer = _tokenizer_or_stand_in(cfg.tokenizer.path)
@@ -163,6 +164,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     missing = missing_inputs(cfg, resuming)
     if missing:
         raise DataError(f"missing input(s): {', '.join(missing)}")
+    cfg = check_finetune_labels(cfg)
     env = init_distributed(cfg.run.device)
     try:
         return _train(cfg, env, resume)

@@ -15,6 +15,7 @@ loader positions go into checkpoints). The loop (loop.py) does the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch import nn
 from bevt.checkpoint import load_strict
 from bevt.config import Config
 from bevt.data import loader as loaders
-from bevt.data.datasets import SkipCounter
+from bevt.data.datasets import SkipCounter, check_labels, count_classes, load_annotations
 from bevt.data.transforms import VideoMixup
 from bevt.distributed import unwrap
 from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
@@ -210,6 +211,24 @@ def _is_stage1(source_cfg: Config | None) -> bool:
 def _roots(keys: list[str]) -> list[str]:
     """Module prefixes of parameter names, for a short log line."""
     return sorted({".".join(k.split(".")[:2]) for k in keys})
+
+
+def check_finetune_labels(cfg: Config) -> Config:
+    """Validate the training labels before anything runs, and return `cfg` with
+    `finetune.num_classes` counted from the annotations when it was not given (class-name file,
+    SSv2 labels, Kinetics labels or class folders), so the run's saved config rebuilds the same
+    head for evaluate and predict. Out-of-range, negative or missing labels and a class list that
+    disagrees with `finetune.num_classes` are a DataError naming file and line."""
+    if cfg.task != "finetune":
+        return cfg
+    annotations = load_annotations(cfg.data.train, root=cfg.data.root, labels=cfg.data.labels)
+    num_classes = cfg.finetune.num_classes
+    if num_classes is None:
+        num_classes = count_classes(cfg.data.train, annotations)
+        log.info("finetune.num_classes=%d, counted from %s", num_classes, cfg.data.train)
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, num_classes=num_classes))
+    check_labels(cfg.data.train, annotations.samples, annotations.class_names, num_classes)
+    return cfg
 
 
 def make_task(cfg: Config, rank: int, world_size: int, device: torch.device):
