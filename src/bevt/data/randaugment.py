@@ -1,0 +1,238 @@
+"""imgaug 0.4.0's `RandAugment(n, m)` on torchvision v2 ops: the SSv2 augmentation of the released BEVT.
+
+The released SSv2 recipe calls `imgaug.augmenters.RandAugment(n=4, m=7)` made deterministic per clip,
+so every frame gets the same flip, crop and ops. imgaug's version is not torchvision's: it always
+starts with a horizontal flip and a small crop, its magnitudes run on a 0..30 scale, a fixed `m`
+gives a fixed strength with a random sign, and its op set differs. imgaug itself no longer imports
+on NumPy >= 1.24, so this module re-implements it; every number below was read from the imgaug
+0.4.0 source (tag 0.4.0 of aleju/imgaug) and checked against imgaug 0.4.0 running under NumPy 1.23.
+
+Always first (`collections.py`, `RandAugment._create_initial_augmenters_list`):
+- horizontal flip with p=0.5 (`flip.Fliplr(0.5)`);
+- crop each side by round(side * U(0, m) / 224) pixels, drawn independently per side, then resize
+  back to the input size bilinearly (`size.Crop(percent=U(0, m)/224)` in
+  `size.KeepSizeByResize(interpolation="linear")`; pixels from `size.CropAndPad._draw_samples`).
+
+Then `n` distinct ops out of these 18, in random order (`meta.SomeOf(n, ..., random_order=True)`),
+with s = m / 30 (`RandAugment._M_MAX = 30`; `_float_parameter(m, max) = m * (max / 30)`) and a sign
+drawn with p=0.5 for every signed op (`iap.RandomSign`). Fill value 128 (`RandAugment(cval=128)`).
+
+| op | parameter from m (imgaug 0.4.0) | m=7 | source |
+|---|---|---|---|
+| Identity | - | - | `meta.Identity` |
+| Autocontrast | per-channel min/max stretch, cutoff 0 | - | `pillike.Autocontrast(cutoff=0)` |
+| Equalize | per-channel histogram equalisation, step = (pixels below 255) // 255 | - | `pillike.Equalize`, `_equalize_no_pil_` (images of 64x64 px and more) |
+| Invert | 255 - v | - | `arithmetic.Invert(p=1.0)` |
+| Rotate | +-30 s degrees about the image centre | +-7.0 deg | `pillike.Affine(rotate=..., center=(0.5, 0.5))` |
+| Posterize | keep 8 - min(int(6 s), 6) bits | 7 bits | `pillike.Posterize` |
+| Solarize | invert v >= 256 - int(256 s), clipped to [0, 256] | 197 | `pillike.Solarize(p=1.0)`, `arithmetic.invert_` |
+| Color | PIL `ImageEnhance.Color`, factor 1 +- 0.9 s, clipped to [0.1, 1.9] | 0.79 / 1.21 | `pillike.EnhanceColor` |
+| Contrast | PIL `ImageEnhance.Contrast`, same factor | 0.79 / 1.21 | `pillike.EnhanceContrast` |
+| Brightness | PIL `ImageEnhance.Brightness`, same factor | 0.79 / 1.21 | `pillike.EnhanceBrightness` |
+| Sharpness | PIL `ImageEnhance.Sharpness`, same factor | 0.79 / 1.21 | `pillike.EnhanceSharpness` |
+| ShearX | x += tanh(a) y about the top-left corner, a = +-s degrees(0.3) | +-4.01 deg | `pillike.Affine(shear={"x": ...})`, `_create_affine_matrix` |
+| ShearY | y += tanh(a) x, same a | +-4.01 deg | `pillike.Affine(shear={"y": ...})` |
+| TranslateX | +-0.33 s of the width | +-7.7% | `pillike.Affine(translate_percent={"x": ...})` |
+| TranslateY | +-0.33 s of the height | +-7.7% | `pillike.Affine(translate_percent={"y": ...})` |
+| Cutout | one square of side min(s 20/32, 20/32) x height, centre uniform in the image, fill 128 | 0.146 | `arithmetic.Cutout`, `cutout_` |
+| Blur | PIL `ImageFilter.BLUR` (5x5 ring / 16) | - | `pillike.FilterBlur` |
+| Smooth | PIL `ImageFilter.SMOOTH` (3x3, centre 5, / 13) | - | `pillike.FilterSmooth` |
+
+The affine ops go through PIL's `Image.transform` with its default nearest-neighbour resampling
+(`pillike.warp_affine`), so they are nearest here too. Everything is drawn from torch's generator
+(the global one unless a `torch.Generator` is passed), which datasets seed per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+MAX_MAGNITUDE = 30  # imgaug's RandAugment._M_MAX
+CROP_REFERENCE_SIDE = 224  # the initial crop takes up to m pixels of a 224-px side
+FILL = 128
+
+OPS = (
+    "identity", "autocontrast", "equalize", "invert", "rotate", "posterize", "solarize",
+    "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
+    "translate_y", "cutout", "blur", "smooth",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImgaugStrengths:
+    """What one magnitude m means to each op; signed ops use +-value."""
+
+    max_crop_fraction: float  # the initial crop: up to this fraction of each side
+    rotate_degrees: float
+    shear_degrees: float  # the matrix uses tanh of this angle in radians, as imgaug 0.4.0 does
+    translate_fraction: float
+    enhance_delta: float  # colour / contrast / brightness / sharpness factor is 1 +- delta
+    posterize_bits: int
+    solarize_threshold: int  # values >= threshold are inverted; 256 inverts nothing
+    cutout_fraction: float  # side of the cutout square, as a fraction of the image height
+
+
+def imgaug_strengths(magnitude: int) -> ImgaugStrengths:
+    """imgaug 0.4.0's op parameters for `RandAugment(m=magnitude)`, computed as it computes them."""
+
+    def scaled(maximum: float) -> float:
+        return magnitude * (maximum / MAX_MAGNITUDE)
+
+    return ImgaugStrengths(
+        max_crop_fraction=magnitude / CROP_REFERENCE_SIDE,
+        rotate_degrees=scaled(30),
+        shear_degrees=scaled(math.degrees(0.3)),
+        translate_fraction=scaled(0.33),
+        enhance_delta=min(scaled(0.9), 0.9),  # imgaug clips 1 +- delta to [0.1, 1.9]
+        posterize_bits=8 - min(int(scaled(6)), 6),
+        solarize_threshold=min(max(256 - int(scaled(256)), 0), 256),
+        cutout_fraction=min(scaled(20 / 32), 20 / 32),
+    )
+
+
+_PIL_BLUR = torch.tensor(
+    [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.float32
+) / 16
+
+
+def pil_blur(video: torch.Tensor) -> torch.Tensor:
+    """PIL's `ImageFilter.BLUR` on uint8 (...,C,H,W): rounded half up, the 2-px border left as it is."""
+    *lead, channels, height, width = video.shape
+    if height < 5 or width < 5:
+        return video
+    planes = video.reshape(-1, 1, height, width).float()
+    blurred = torch.nn.functional.conv2d(planes, _PIL_BLUR.view(1, 1, 5, 5)).add_(0.5).floor_()
+    out = planes.clone()
+    out[..., 2:-2, 2:-2] = blurred
+    return out.to(torch.uint8).reshape(video.shape)
+
+
+def equalize_like_imgaug(video: torch.Tensor) -> torch.Tensor:
+    """imgaug 0.4.0's own equalisation of uint8 (...,C,H,W), per frame and channel.
+
+    It is PIL's algorithm except for the step: pixels below 255 // 255, where PIL leaves out the
+    pixels of the highest value present (`pillike._equalize_no_pil_`, used for images of 64x64 px
+    and more, so for every released SSv2 frame)."""
+    *_, height, width = video.shape
+    planes = video.reshape(-1, height * width).long()
+    histogram = torch.zeros(planes.shape[0], 256, dtype=torch.long).scatter_add_(1, planes, torch.ones_like(planes))
+    step = histogram[:, :-1].sum(1, keepdim=True) // 255
+    below = torch.cat([torch.zeros_like(step), histogram.cumsum(1)[:, :-1]], dim=1)
+    lut = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
+    keep = (step == 0) | ((histogram > 0).sum(1, keepdim=True) <= 1)
+    lut = torch.where(keep, torch.arange(256).expand_as(lut), lut)
+    return lut.gather(1, planes).to(torch.uint8).reshape(video.shape)
+
+
+def _shear_angle(tanh_of: float) -> float:
+    """torchvision's shear angle whose tangent is tanh(angle), imgaug 0.4.0's shear factor."""
+    return math.degrees(math.atan(math.tanh(math.radians(tanh_of))))
+
+
+class ImgaugRandAugment:
+    """imgaug 0.4.0's `RandAugment(n=num_ops, m=magnitude)` with the same parameters on every frame.
+
+    Call with uint8 (...,C,H,W) (a `tv_tensors.Video` stays one); the leading dims (frames) share
+    every random draw. See the module docstring for the ops and where each number comes from."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, fill: int = FILL):
+        if num_ops < 0 or magnitude < 0:
+            raise ValueError(f"need num_ops >= 0 and magnitude >= 0, got {num_ops} and {magnitude}")
+        self.num_ops = min(num_ops, len(OPS))
+        self.magnitude = magnitude
+        self.strengths = imgaug_strengths(magnitude)
+        self.fill = fill
+
+    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = video.as_subclass(torch.Tensor)
+        if x.dtype != torch.uint8:
+            raise ValueError(f"imgaug's RandAugment works on uint8 pixels, got {x.dtype}")
+        if _coin(generator):
+            x = F.horizontal_flip(x)
+        x = self._crop_jitter(x, generator)
+        for index in torch.randperm(len(OPS), generator=generator)[: self.num_ops].tolist():
+            x = self.apply(OPS[index], x, _coin(generator), generator)
+        return tv_tensors.wrap(x, like=video) if isinstance(video, tv_tensors.TVTensor) else x
+
+    def _crop_jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Crop round(side * U(0, m)/224) px off each side, resize back (bilinear, as cv2's linear)."""
+        height, width = x.shape[-2:]
+        fractions = torch.rand(4, generator=generator, dtype=torch.float64) * self.strengths.max_crop_fraction
+        top, right, bottom, left = (round(side * float(f)) for side, f in zip((height, width, height, width), fractions))
+        if top + bottom >= height or left + right >= width or top == right == bottom == left == 0:
+            return x
+        return F.resized_crop(
+            x, top, left, height - top - bottom, width - left - right, [height, width],
+            interpolation=F.InterpolationMode.BILINEAR, antialias=False,
+        )  # fmt: skip
+
+    def apply(self, op: str, x: torch.Tensor, positive: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One op at this magnitude on uint8 (...,C,H,W); `positive` picks the sign of signed ops."""
+        strengths = self.strengths
+        sign = 1.0 if positive else -1.0
+        height, width = x.shape[-2:]
+        factor = 1.0 + sign * strengths.enhance_delta
+        nearest = F.InterpolationMode.NEAREST
+        corner = [0.0, 0.0]  # imgaug shears and translates about the top-left corner
+        if op == "identity":
+            return x
+        if op == "autocontrast":
+            return F.autocontrast(x)
+        if op == "equalize":
+            return equalize_like_imgaug(x)
+        if op == "invert":
+            return F.invert(x)
+        if op == "rotate":
+            return F.affine(x, angle=sign * strengths.rotate_degrees, translate=[0.0, 0.0], scale=1.0,
+                            shear=[0.0, 0.0], interpolation=nearest, fill=self.fill)
+        if op == "posterize":
+            return F.posterize(x, strengths.posterize_bits)
+        if op == "solarize":
+            return x if strengths.solarize_threshold > 255 else F.solarize(x, strengths.solarize_threshold)
+        if op == "color":
+            return F.adjust_saturation(x, factor)
+        if op == "contrast":
+            return F.adjust_contrast(x, factor)
+        if op == "brightness":
+            return F.adjust_brightness(x, factor)
+        if op == "sharpness":
+            return F.adjust_sharpness(x, factor)
+        if op == "shear_x":
+            return F.affine(x, angle=0.0, translate=[0.0, 0.0], scale=1.0, center=corner, interpolation=nearest,
+                            shear=[-_shear_angle(sign * strengths.shear_degrees), 0.0], fill=self.fill)
+        if op == "shear_y":
+            return F.affine(x, angle=0.0, translate=[0.0, 0.0], scale=1.0, center=corner, interpolation=nearest,
+                            shear=[0.0, -_shear_angle(sign * strengths.shear_degrees)], fill=self.fill)
+        if op == "translate_x":
+            return F.affine(x, angle=0.0, translate=[sign * strengths.translate_fraction * width, 0.0], scale=1.0,
+                            shear=[0.0, 0.0], interpolation=nearest, fill=self.fill)
+        if op == "translate_y":
+            return F.affine(x, angle=0.0, translate=[0.0, sign * strengths.translate_fraction * height], scale=1.0,
+                            shear=[0.0, 0.0], interpolation=nearest, fill=self.fill)
+        if op == "cutout":
+            return self._cutout(x, generator)
+        if op == "blur":
+            return pil_blur(x)
+        if op == "smooth":
+            return F.adjust_sharpness(x, 0.0)  # the sharpness op's degenerate image is PIL's SMOOTH filter
+        raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
+
+    def _cutout(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A square of side cutout_fraction x height at a uniform centre, corners truncated as imgaug does."""
+        height, width = x.shape[-2:]
+        centre_x, centre_y = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        half = self.strengths.cutout_fraction * height / 2
+        x1, x2 = (min(max(int(centre_x * width + offset), 0), width) for offset in (-half, half))
+        y1, y2 = (min(max(int(centre_y * height + offset), 0), height) for offset in (-half, half))
+        if x2 <= x1 or y2 <= y1:
+            return x
+        return F.erase(x, y1, x1, y2 - y1, x2 - x1, torch.tensor(self.fill, dtype=x.dtype))
+
+
+def _coin(generator: torch.Generator | None) -> bool:
+    return bool(torch.rand((), generator=generator) < 0.5)
