@@ -17,11 +17,13 @@ Then `n` distinct ops out of these 18, in random order (`meta.SomeOf(n, ..., ran
 with s = m / 30 (`RandAugment._M_MAX = 30`; `_float_parameter(m, max) = m * (max / 30)`) and a sign
 drawn with p=0.5 for every signed op (`iap.RandomSign`). Fill value 128 (`RandAugment(cval=128)`).
 
+Sources: imgaug/augmenters/{collections,pillike,arithmetic,meta,size}.py and imgaug/parameters.py.
+
 | op | parameter from m (imgaug 0.4.0) | m=7 | source |
 |---|---|---|---|
 | Identity | - | - | `meta.Identity` |
 | Autocontrast | per-channel min/max stretch, cutoff 0 | - | `pillike.Autocontrast(cutoff=0)` |
-| Equalize | per-channel histogram equalisation, step = (pixels below 255) // 255 | - | `pillike.Equalize`, `_equalize_no_pil_` (images of 64x64 px and more) |
+| Equalize | per-channel equalisation, step = (pixels below 255) // 255 | - | `pillike._equalize_no_pil_` (1) |
 | Invert | 255 - v | - | `arithmetic.Invert(p=1.0)` |
 | Rotate | +-30 s degrees about the image centre | +-7.0 deg | `pillike.Affine(rotate=..., center=(0.5, 0.5))` |
 | Posterize | keep 8 - min(int(6 s), 6) bits | 7 bits | `pillike.Posterize` |
@@ -30,13 +32,16 @@ drawn with p=0.5 for every signed op (`iap.RandomSign`). Fill value 128 (`RandAu
 | Contrast | PIL `ImageEnhance.Contrast`, same factor | 0.79 / 1.21 | `pillike.EnhanceContrast` |
 | Brightness | PIL `ImageEnhance.Brightness`, same factor | 0.79 / 1.21 | `pillike.EnhanceBrightness` |
 | Sharpness | PIL `ImageEnhance.Sharpness`, same factor | 0.79 / 1.21 | `pillike.EnhanceSharpness` |
-| ShearX | x += tanh(a) y about the top-left corner, a = +-s degrees(0.3) | +-4.01 deg | `pillike.Affine(shear={"x": ...})`, `_create_affine_matrix` |
-| ShearY | y += tanh(a) x, same a | +-4.01 deg | `pillike.Affine(shear={"y": ...})` |
-| TranslateX | +-0.33 s of the width | +-7.7% | `pillike.Affine(translate_percent={"x": ...})` |
-| TranslateY | +-0.33 s of the height | +-7.7% | `pillike.Affine(translate_percent={"y": ...})` |
-| Cutout | one square of side min(s 20/32, 20/32) x height, centre uniform in the image, fill 128 | 0.146 | `arithmetic.Cutout`, `cutout_` |
+| ShearX | x += tanh(a) y about the top-left corner, a = +-s degrees(0.3) | +-4.01 deg | `pillike.Affine` (2) |
+| ShearY | y += tanh(a) x, same a | +-4.01 deg | `pillike.Affine` (2) |
+| TranslateX | +-0.33 s of the width | +-7.7% | `pillike.Affine(translate_percent=...)` |
+| TranslateY | +-0.33 s of the height | +-7.7% | `pillike.Affine(translate_percent=...)` |
+| Cutout | a square of side min(s 20/32, 20/32) x height, uniform centre, fill 128 | 0.146 | `arithmetic.Cutout` |
 | Blur | PIL `ImageFilter.BLUR` (5x5 ring / 16) | - | `pillike.FilterBlur` |
 | Smooth | PIL `ImageFilter.SMOOTH` (3x3, centre 5, / 13) | - | `pillike.FilterSmooth` |
+
+(1) used for images of 64x64 px and more; PIL's own equalize leaves out the top value present instead.
+(2) `pillike._create_affine_matrix` of 0.4.0: the shear factor is tanh, not tan, of the angle.
 
 The affine ops go through PIL's `Image.transform` with its default nearest-neighbour resampling
 (`pillike.warp_affine`), so they are nearest here too. Everything is drawn from torch's generator
@@ -163,7 +168,8 @@ class ImgaugRandAugment:
         """Crop round(side * U(0, m)/224) px off each side, resize back (bilinear, as cv2's linear)."""
         height, width = x.shape[-2:]
         fractions = torch.rand(4, generator=generator, dtype=torch.float64) * self.strengths.max_crop_fraction
-        top, right, bottom, left = (round(side * float(f)) for side, f in zip((height, width, height, width), fractions))
+        sides = (height, width, height, width)
+        top, right, bottom, left = (round(side * float(f)) for side, f in zip(sides, fractions))
         if top + bottom >= height or left + right >= width or top == right == bottom == left == 0:
             return x
         return F.resized_crop(

@@ -161,7 +161,7 @@ class PretrainTransform:
         tokenizer_resize: str = "pil",
     ):
         if tokenizer_resize not in TOKENIZER_RESIZES:
-            raise ValueError(f"unknown tokenizer resize {tokenizer_resize!r}; choose from {', '.join(TOKENIZER_RESIZES)}")
+            raise ValueError(f"unknown tokenizer resize {tokenizer_resize!r}; choose from {TOKENIZER_RESIZES}")
         low, high = short_side or _default_short_side(size)
         if low < size or high < low:
             raise ValueError(f"short_side range ({low}, {high}) must satisfy size {size} <= low <= high")
