@@ -194,7 +194,7 @@ class ImgaugRandAugment:
         height, width = x.shape[-2:]
         factor = 1.0 + sign * strengths.enhance_delta
         nearest = F.InterpolationMode.NEAREST
-        corner = [0.0, 0.0]  # imgaug shears and translates about the top-left corner
+        corner = [0.0, 0.0]  # imgaug shears about the top-left corner
         if op == "identity":
             return x
         if op == "autocontrast":
