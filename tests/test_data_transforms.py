@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from bevt.config import load_config
+from bevt.data.randaugment import ImgaugRandAugment
+from bevt.data.synthetic import render_image
 from bevt.data.transforms import (
     MEAN,
     STD,
@@ -12,7 +15,9 @@ from bevt.data.transforms import (
     FinetuneTransform,
     PretrainTransform,
     VideoMixup,
+    resize_lanczos4_like_opencv,
     seeded,
+    tokenizer_view,
 )
 
 
@@ -93,3 +98,56 @@ def test_video_mixup_gives_soft_targets_and_one_box_per_clip():
     torch.testing.assert_close(target.sum(1), torch.ones(4))
     for clip in mixed:  # cutmix pasted the same box into every frame
         assert_frames_identical(clip)
+
+
+def test_randaugment_impl_picks_imgaugs_or_torchvisions():
+    official = FinetuneTransform(32, randaugment=(4, 7))
+    assert isinstance(official.uint8_steps.transforms[-1], ImgaugRandAugment)
+    torchvision = FinetuneTransform(32, randaugment=(4, 7), randaugment_impl="torchvision")
+    assert torchvision.uint8_steps.transforms[-1].num_magnitude_bins == 11
+    with seeded(0):
+        clip = torchvision(still_clip())
+    assert_frames_identical(clip)
+    with pytest.raises(ValueError, match="randaugment_impl"):
+        FinetuneTransform(32, randaugment=(4, 7), randaugment_impl="timm")
+
+
+def test_paper_recipes_use_the_released_augmentation_and_tokenizer_resize():
+    assert load_config("swin_b_finetune_ssv2").data.randaugment_impl == "official"
+    for recipe in ("swin_b_stage1_in1k", "swin_b_joint_in1k_k400", "swin_b_video_k400", "swin_t_table8_tube",
+                   "swin_t_table8_frame_diff", "swin_t_table8_random_frame", "swin_t_table8_random3d"):
+        assert load_config(recipe).data.tokenizer_resize == "official", recipe
+    for recipe in ("tiny_image", "tiny_video", "tiny_joint"):
+        assert load_config(recipe).data.tokenizer_resize == "pil", recipe
+
+
+def test_official_resize_is_opencvs_lanczos4_bit_for_bit():
+    cv2 = pytest.importorskip("cv2")  # test-only reference
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), render_image(rng, 224, 2)]
+    pictures += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(32, 32, 3), (64, 48, 3), (160, 96, 3)]]
+    pictures.append(np.where(rng.random((96, 96, 1)) < 0.5, 0, 255).astype(np.uint8).repeat(3, 2))  # hard edges
+    for picture in pictures:
+        height, width = picture.shape[:2]
+        for out_h, out_w in [(height // 2, width // 2), (height // 3 + 1, width // 2 + 3), (height + 5, width)]:
+            expected = cv2.resize(picture, (out_w, out_h), interpolation=cv2.INTER_LANCZOS4)
+            got = resize_lanczos4_like_opencv(torch.from_numpy(picture).permute(2, 0, 1), out_h, out_w)
+            np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected, err_msg=f"{picture.shape} -> {out_h}x{out_w}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_official_tokenizer_view_is_opencvs_resize_of_the_model_crop(seed):
+    cv2 = pytest.importorskip("cv2")  # test-only reference
+    frames = np.stack([render_image(np.random.default_rng(seed + t), 64, t) for t in range(3)])
+    with seeded(seed):
+        official = PretrainTransform(32, tokenizer_resize="official")(frames)
+    with seeded(seed):
+        pil = PretrainTransform(32, tokenizer_resize="pil")(frames)
+    assert torch.equal(official["view"], pil["view"])  # the same crop; only the tokenizer view differs
+    crop = (unnormalize(official["view"]) * 255).round().to(torch.uint8)  # (3,T,32,32)
+    for t in range(3):
+        expected = cv2.resize(crop[:, t].permute(1, 2, 0).numpy(), (16, 16), interpolation=cv2.INTER_LANCZOS4)
+        np.testing.assert_array_equal((official["tok"][:, t] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), expected)
+    assert (official["tok"] - pil["tok"]).abs().max() > 0  # PIL's antialiased Lanczos is another filter
+    with pytest.raises(ValueError, match="tokenizer resize"):
+        tokenizer_view(crop.transpose(0, 1), 16, resize="cv2")

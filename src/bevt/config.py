@@ -107,6 +107,10 @@ class DataConfig:
     flip: bool = doc(True, "random horizontal flip")
     color_jitter: float = doc(0.4, "image stream: brightness / contrast / saturation jitter strength")
     randaugment: tuple[int, int] | None = doc(None, "finetuning: RandAugment (ops, magnitude), same ops on every frame")
+    randaugment_impl: Literal["official", "torchvision"] = doc(
+        "official", "RandAugment flavour: official = imgaug 0.4.0's as released (flip, crop, m of 30); torchvision = m of 10")
+    tokenizer_resize: Literal["official", "pil"] = doc(
+        "pil", "tokenizer view resize: official = OpenCV INTER_LANCZOS4 as released; pil = PIL's antialiased Lanczos")
     random_erasing: float = doc(0.0, "finetuning: probability of random erasing (same box on every frame)")
     video_batch_size: int = doc(4, "clips per process per micro-step")
     image_batch_size: int = doc(32, "images per process per micro-step (image and joint streams)")

@@ -176,7 +176,8 @@ def build_image_pretrain_loader(data: DataConfig, mask_generator, *, seed: int =
     """Image stream of `data.images` -> {"image", "image_tok", "mask", ...}; videos in it give one
     random frame per sample (paper Table 7: the image stream fed with frames of K400)."""
     annotations = load_annotations(data.images, root=data.root)
-    transform = PretrainTransform(data.size, data.short_side, color_jitter=data.color_jitter)
+    transform = PretrainTransform(data.size, data.short_side, color_jitter=data.color_jitter,
+                                  tokenizer_resize=data.tokenizer_resize)
     dataset = ImageDataset(annotations.samples, transform, seed=seed, mask_generator=mask_generator,
                            class_names=annotations.class_names)
     return _loader(dataset, batch_size=data.image_batch_size, train=True, seed=seed, num_workers=data.workers,
@@ -188,7 +189,8 @@ def build_video_pretrain_loader(data: DataConfig, mask_generator, *, seed: int =
     """Video stream of `data.train` (any annotation format) -> {"video", "video_tok", "mask", ...}."""
     found = load_annotations(data.train, root=data.root, labels=data.labels)
     dataset = VideoDataset(
-        found.samples, IntervalSampler(data.frames, data.interval), PretrainTransform(data.size, data.short_side),
+        found.samples, IntervalSampler(data.frames, data.interval),
+        PretrainTransform(data.size, data.short_side, tokenizer_resize=data.tokenizer_resize),
         seed=seed, mask_generator=mask_generator, class_names=found.class_names,
     )
     return _loader(dataset, batch_size=data.video_batch_size, train=True, seed=seed, num_workers=data.workers,
@@ -199,7 +201,8 @@ def build_finetune_loader(data: DataConfig, *, seed: int = 0, rank: int = 0, wor
     """Finetuning on `data.train`: {"video" (B,3,T,H,W), "label", ...}; shuffled, padded, last batch dropped."""
     found = load_annotations(data.train, root=data.root, labels=data.labels)
     transform = FinetuneTransform(data.size, scale=data.crop_scale, flip=0.5 if data.flip else 0.0,
-                                  randaugment=data.randaugment, erasing=data.random_erasing)
+                                  randaugment=data.randaugment, erasing=data.random_erasing,
+                                  randaugment_impl=data.randaugment_impl)
     dataset = VideoDataset(found.samples, clip_sampler(data), transform, seed=seed, class_names=found.class_names)
     return _loader(dataset, batch_size=data.video_batch_size, train=True, seed=seed, num_workers=data.workers,
                    rank=rank, world_size=world_size)
