@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 from vector_quantize_pytorch import VectorQuantize
 
-from bevt.checkpoint import load_strict
+from bevt.checkpoint import load_strict, load_weights_file
 from bevt.errors import CheckpointError, DataError
-from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, write_tokenizer_json
+from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, refuse_to_overwrite, write_tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class VQTokenizer(Tokenizer):
         if not path.is_file():
             raise CheckpointError(f"tokenizer weights {path} are missing")
         tokenizer = cls(**spec["config"])
-        load_strict(tokenizer, load_file(str(path)), str(path))
+        load_strict(tokenizer, load_weights_file(path), str(path))
         return tokenizer.eval().requires_grad_(False)
 
 
@@ -274,6 +274,7 @@ def train_vq_tokenizer(
 
 
 def run_train_vq(args) -> int:
+    refuse_to_overwrite(args.out, force=args.force)
     metrics = train_vq_tokenizer(
         args.images,
         args.out,
