@@ -165,8 +165,8 @@ def explain_load_error(err: Exception) -> str:
                 "save a state_dict (torch.save(model.state_dict(), ...)) or safetensors instead")
     if match := re.search(r"WeightsUnpickler error:\s*(.+)", text):
         return f"not a PyTorch checkpoint ({match[1].strip()})"
-    if "failed finding central directory" in text or isinstance(err, EOFError):
-        return "truncated or not a PyTorch checkpoint (its zip archive is incomplete)"
+    if "central directory" in text or "mmap can only be used" in text or isinstance(err, EOFError):
+        return "truncated or not a PyTorch checkpoint (no complete zip archive)"
     return f"{type(err).__name__}: {_first_line(err)}"
 
 

@@ -42,16 +42,17 @@ def check_writable(path: str | Path, name: str, folder: bool) -> None:
     """Fail now, before any work, if the output `path` (a folder, or a file when `folder` is False)
     could not be written; `name` is the option or config key that gave it. Creates nothing."""
     path = Path(path)
+    given = f"{name} {path}" if name.startswith("-") else f"{name}={path}"  # as the user wrote it
     if path.exists():
         if folder != path.is_dir():
-            raise UsageError(f"{name}={path}: " + ("exists and is not a folder" if folder else "is a folder; give a file name"))
+            raise UsageError(f"{given}: " + ("exists and is not a folder" if folder else "is a folder; give a file name"))
         if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
-            raise UsageError(f"{name}={path}: no permission to write " + ("in it" if folder else "it"))
+            raise UsageError(f"{given}: no permission to write " + ("in it" if folder else "it"))
         return
     parent = path.absolute().parent
     while not parent.exists():  # the nearest existing folder is where the missing ones will be made
         parent = parent.parent
     if not parent.is_dir():
-        raise UsageError(f"{name}={path}: {parent} is a file, not a folder")
+        raise UsageError(f"{given}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{name}={path}: no permission to write in {parent}")
+        raise UsageError(f"{given}: no permission to write in {parent}")
