@@ -244,3 +244,24 @@ def test_ddp_and_fsdp_two_processes_match_one(bench, tmp_path):
         two = _final_weights(out)
         for name in one:
             torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{parallel}: {name}")
+
+
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(bench, tmp_path):
+    """Schedulers signal processes one by one: only rank 1 gets SIGTERM here, yet both ranks must
+    stop after the same step (else one waits forever in the next all-reduce) and checkpoint it."""
+    out = tmp_path / "ddp"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bevt",
+         "finetune", "--config", "tiny_finetune", *finetune_overrides(bench, out), "run.init_from=null",
+         "optim.epochs=2", "optim.warmup_epochs=0", "data.video_batch_size=2", "run.log_every=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    while launcher.poll() is None and not read_metrics(out):
+        time.sleep(0.05)
+    workers = open(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read().split()
+    (rank1,) = [pid for pid in workers if b"\0RANK=1\0" in b"\0" + open(f"/proc/{pid}/environ", "rb").read()]
+    os.kill(int(rank1), signal.SIGTERM)
+    assert launcher.wait() != 0
+    err = launcher.stderr.read()
+    (stopped,) = complete_checkpoints(out)
+    assert err.count(f"stopped by SIGTERM after step {int(stopped.name[5:])} of 8;") == 2, err  # both ranks
