@@ -74,5 +74,7 @@ def test_mismatched_or_missing_checkpoints_are_clear(finetune_cfg, tmp_path):
     model = build_model(finetune_cfg)
     with pytest.raises(CheckpointError, match="missing keys: head.weight"):
         ckpt.load_strict(model, {k: v for k, v in model.state_dict().items() if k != "head.weight"}, "x")
-    with pytest.raises(CheckpointError, match="neither a checkpoint directory"):
+    with pytest.raises(CheckpointError, match="nowhere does not exist"):
         ckpt.resolve_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="neither a checkpoint directory"):
+        ckpt.resolve_checkpoint(tmp_path)

@@ -2,8 +2,9 @@
 
 - the chain: stage 1 -> stage 2 (inflated from stage 1) -> finetune -> evaluate with the temporal
   test -> predict on an mp4;
-- exact resume: runs killed with SIGKILL (inside a checkpoint write, then at a random step) and
-  resumed with `--resume auto` end bitwise equal to an uninterrupted run;
+- exact resume: runs killed with SIGKILL (inside a checkpoint write, then at a random step) or
+  stopped with SIGTERM (checkpoint at the step it was in, exit 143) and resumed with
+  `--resume auto` end bitwise equal to an uninterrupted run; Ctrl-C (SIGINT) exits 130 the same way;
 - DDP and FSDP: 2 gloo processes reach the weights of 1 process with the same global batch.
 """
 
@@ -174,15 +175,40 @@ def _final_weights(run_dir):
     return load_file(complete_checkpoints(run_dir)[-1] / "model.safetensors")
 
 
-def test_resume_after_sigkill_is_bitwise_exact(bench, tmp_path):
-    """6 steps of 2 clips + 8 images, a checkpoint every 2; the image loader wraps around at step 5."""
-    def args(out):
-        return ["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, out), "run.init_from=null",
-                "data.frames=4", "data.interval=4", "data.video_batch_size=2", "optim.epochs=0.5",
-                "optim.warmup_epochs=0.2", "run.checkpoint_every=2", "run.log_every=1", "--resume", "auto"]
+def _joint_args(bench, out, checkpoint_every=2):
+    """6 steps of 2 clips + 8 images; the image loader wraps around at step 5."""
+    return ["pretrain", "--config", "tiny_joint", *pretrain_overrides(bench, out), "run.init_from=null",
+            "data.frames=4", "data.interval=4", "data.video_batch_size=2", "optim.epochs=0.5",
+            "optim.warmup_epochs=0.2", f"run.checkpoint_every={checkpoint_every}", "run.log_every=1", "--resume", "auto"]
 
-    reference = _bevt(args(tmp_path / "reference"))
+
+@pytest.fixture(scope="module")
+def joint_reference(bench, tmp_path_factory):
+    """The uninterrupted run that the killed and stopped ones must reproduce bitwise."""
+    out = tmp_path_factory.mktemp("reference")
+    reference = _bevt(_joint_args(bench, out))
     assert reference.wait() == 0, reference.stderr.read()
+    return out
+
+
+def _signal_after_step(process, run_dir, step, signum):
+    while process.poll() is None and not any(m["step"] >= step for m in read_metrics(run_dir)):
+        time.sleep(0.02)
+    process.send_signal(signum)
+
+
+def _assert_same_run(expected_dir, run_dir, context):
+    expected, got = _final_weights(expected_dir), _final_weights(run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), context
+    losses = [(m["step"], m["loss"]) for m in read_metrics(run_dir)]
+    assert losses == [(m["step"], m["loss"]) for m in read_metrics(expected_dir)], context
+
+
+def test_resume_after_sigkill_is_bitwise_exact(bench, joint_reference, tmp_path):
+    """A checkpoint every 2 steps; killed inside the save of step 4, then at a random step."""
+    def args(out):
+        return _joint_args(bench, out)
 
     run = tmp_path / "killed"
     first = _bevt(args(run), script=DIE_INSIDE_SAVE_OF_STEP_4)
@@ -191,19 +217,39 @@ def test_resume_after_sigkill_is_bitwise_exact(bench, tmp_path):
     assert (run / "checkpoints" / "step_0000004.tmp").is_dir()
 
     kill_after = random.randint(3, 5)
-    second = _bevt(args(run))
-    while second.poll() is None and not any(m["step"] >= kill_after for m in read_metrics(run)):
-        time.sleep(0.02)
-    second.send_signal(signal.SIGKILL)
+    second = _bevt(args(run))  # takes over the lock the SIGKILLed run left behind
+    _signal_after_step(second, run, kill_after, signal.SIGKILL)
     assert second.wait() == -signal.SIGKILL, f"the run ended before the kill after step {kill_after}"
 
     last = _bevt(args(run))
     assert last.wait() == 0, last.stderr.read()
-    expected, got = _final_weights(tmp_path / "reference"), _final_weights(run)
-    assert expected.keys() == got.keys()
-    assert all(torch.equal(expected[k], got[k]) for k in expected), f"killed after step {kill_after}"
-    losses = [(m["step"], m["loss"]) for m in read_metrics(run)]
-    assert losses == [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "reference")]
+    _assert_same_run(joint_reference, run, f"killed after step {kill_after}")
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_bitwise_exact(bench, joint_reference, tmp_path):
+    """What a scheduler does before preemption: the run finishes its step, writes a checkpoint
+    (none is scheduled: one every 100 steps), says how to resume, and exits 128 + 15."""
+    run = tmp_path / "stopped"
+    first = _bevt(_joint_args(bench, run, checkpoint_every=100))
+    _signal_after_step(first, run, 2, signal.SIGTERM)
+    assert first.wait() == 143, first.stderr.read()
+    err = first.stderr.read()
+    (stopped,) = complete_checkpoints(run)
+    assert f"stopped by SIGTERM after step {int(stopped.name[5:])} of 6; checkpoint written to {stopped}" in err
+    assert "resume with: bevt pretrain --config tiny_joint" in err and "Traceback" not in err
+    assert int(stopped.name[5:]) < 6 and not (run / "run.lock").exists()
+
+    last = _bevt(_joint_args(bench, run, checkpoint_every=100))
+    assert last.wait() == 0, last.stderr.read()
+    _assert_same_run(joint_reference, run, f"stopped after {stopped.name}")
+
+
+def test_ctrl_c_checkpoints_and_exits_130(bench, tmp_path):
+    run = tmp_path / "interrupted"
+    first = _bevt(_joint_args(bench, run, checkpoint_every=100))
+    _signal_after_step(first, run, 1, signal.SIGINT)
+    assert first.wait() == 130, first.stderr.read()
+    assert "stopped by SIGINT" in first.stderr.read() and len(complete_checkpoints(run)) == 1
 
 
 def test_ddp_and_fsdp_two_processes_match_one(bench, tmp_path):
@@ -225,3 +271,24 @@ def test_ddp_and_fsdp_two_processes_match_one(bench, tmp_path):
         two = _final_weights(out)
         for name in one:
             torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{parallel}: {name}")
+
+
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(bench, tmp_path):
+    """Schedulers signal processes one by one: only rank 1 gets SIGTERM here, yet both ranks must
+    stop after the same step (else one waits forever in the next all-reduce) and checkpoint it."""
+    out = tmp_path / "ddp"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bevt",
+         "finetune", "--config", "tiny_finetune", *finetune_overrides(bench, out), "run.init_from=null",
+         "optim.epochs=2", "optim.warmup_epochs=0", "data.video_batch_size=2", "run.log_every=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    while launcher.poll() is None and not read_metrics(out):
+        time.sleep(0.05)
+    workers = open(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read().split()
+    (rank1,) = [pid for pid in workers if b"\0RANK=1\0" in b"\0" + open(f"/proc/{pid}/environ", "rb").read()]
+    os.kill(int(rank1), signal.SIGTERM)
+    assert launcher.wait() != 0
+    err = launcher.stderr.read()
+    (stopped,) = complete_checkpoints(out)
+    assert err.count(f"stopped by SIGTERM after step {int(stopped.name[5:])} of 8;") == 2, err  # both ranks

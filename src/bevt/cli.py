@@ -1,7 +1,13 @@
 """`bevt <verb>`: parse the command line, then call one function per verb.
 
 Each verb imports its implementation lazily so `bevt --help` stays fast and a verb's heavy
-dependencies (PyAV, TensorBoard, ...) load only when that verb runs.
+dependencies (torch, PyAV, TensorBoard, ...) load only when that verb runs.
+
+Every mistake a user can make ends in one line naming the culprit and a non-zero exit: argument
+errors (2), `UsageError`s (2: bad config, data, checkpoint or output path), and OS errors on a
+named file (1: missing, unreadable, no permission, disk full). `-v` adds the traceback; an error
+that names no file is a bug and always shows it. A training run stopped by SIGTERM / SIGINT exits
+with 128 + the signal number (143 / 130) after its checkpoint.
 """
 
 from __future__ import annotations
@@ -9,9 +15,49 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
+
+from bevt.errors import Interrupted, UsageError, check_writable
 
 
-from bevt.errors import UsageError
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other user error (the usage is in --help); `-v`
+    accepted after any verb (its SUPPRESS default keeps the value given before the verb)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="debug logs, and a traceback with any error")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+POSITIVE_INT = _int_at_least(1)
+NON_NEGATIVE_INT = _int_at_least(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -22,10 +68,10 @@ from bevt.errors import UsageError
 def _add_info(sub):
     p = sub.add_parser("info", help="parameters and GMACs per view of a model flavor")
     p.add_argument("name", help="model flavor: debug, swin_t, swin_s, swin_b, swin_l")
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--frames", type=POSITIVE_INT, default=32)
+    p.add_argument("--size", type=POSITIVE_INT, default=224)
     p.add_argument("--window", default="8,7,7", help="temporal,height,width window (default 8,7,7)")
-    p.add_argument("--num-classes", type=int, default=400)
+    p.add_argument("--num-classes", type=POSITIVE_INT, default=400)
     return _run_info
 
 
@@ -51,6 +97,7 @@ def _add_convert(sub):
 
 
 def _run_convert(args):
+    check_writable(args.output, "output", folder=False)
     from bevt.models.convert import run_convert
 
     return run_convert(args)
@@ -75,10 +122,12 @@ def _add_tokenizer(sub):
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.size=64 vq.codebook_size=256")
     tr.add_argument("--dry-run", action="store_true", help="build model, optimizer and schedule, check data paths, stop")
     tr.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint in --out) or a path")
+    tr.add_argument("--force", action="store_true", help="replace the tokenizer already in --out")
     return _run_tokenizer
 
 
 def _run_tokenizer(args):
+    check_writable(args.out, "--out", folder=True)
     if args.tokenizer_verb == "import-dalle":
         from bevt.tokenizers.dalle import run_import_dalle
 
@@ -99,6 +148,7 @@ def _add_visualize(sub):
 
 
 def _run_visualize(args):
+    check_writable(args.out, "--out", folder=False)
     from bevt.eval.visualize import run_visualize
 
     return run_visualize(args)
@@ -119,6 +169,7 @@ def _add_synth(sub):
 
 
 def _run_synth(args):
+    check_writable(args.out, "--out", folder=True)
     from bevt.data.synthetic import run_synth
 
     return run_synth(args)
@@ -155,7 +206,8 @@ def _add_train_verb(sub, verb, help_text):
     p.add_argument("--config", required=True, help="YAML recipe (a path, or the name of a shipped recipe)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 run.out=runs/x")
     p.add_argument("--dry-run", action="store_true", help="build model, optimizer and schedule, check data paths, stop")
-    p.add_argument("--resume", default=None, help="'auto' (latest complete checkpoint in run.out) or a path")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest complete, readable checkpoint in run.out; a fresh run if none) or a path")
 
 
 def _add_pretrain(sub):
@@ -176,9 +228,11 @@ def _run_train(args):
 
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="multi-view top-1/top-5 and the temporal dependency test")
-    p.add_argument("--config", required=True)
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a finetuned checkpoint or run directory")
+    p.add_argument("--config", default=None,
+                   help="recipe whose keys replace the checkpoint's own config (default: evaluate with the "
+                        "checkpoint's data and eval settings)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.val=test.txt eval.clips=10")
     p.add_argument("--out", default=None, help="directory for results.json and results.md")
     p.add_argument("--temporal-test", action="store_true", help="also single-frame and shuffled evaluation")
     return _run_evaluate
@@ -192,10 +246,10 @@ def _run_evaluate(args):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 labels of video files with a finetuned checkpoint")
-    p.add_argument("videos", nargs="+")
+    p.add_argument("videos", nargs="+", help="video files, or folders of them")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=POSITIVE_INT, default=5)
     return _run_predict
 
 
@@ -214,12 +268,36 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
+    check_writable(args.out, "--out", folder=True)
     from bevt.demo.run import run_demo
 
     return run_demo(args)
 
 
+def _add_config(sub):
+    p = sub.add_parser("config", help="the shipped recipes, and a recipe merged with its defaults and overrides")
+    csub = p.add_subparsers(dest="config_verb", required=True)
+    csub.add_parser("list", help="the shipped recipes and what each is for")
+    show = csub.add_parser("show", help="the merged config of a recipe, every key with its doc")
+    show.add_argument("recipe", help="the name of a shipped recipe, or a YAML path")
+    show.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.train=my_videos.txt")
+    return _run_config
+
+
+def _run_config(args):
+    from bevt.config import documented_yaml, load_config, recipe_names, RECIPES
+
+    if args.config_verb == "list":
+        for name in recipe_names():
+            comment = (RECIPES / f"{name}.yaml").read_text().split("\n", 1)[0]
+            print(f"{name:<28} {comment.removeprefix('#').strip() if comment.startswith('#') else ''}")
+        return 0
+    print(documented_yaml(load_config(args.recipe, args.overrides)), end="")
+    return 0
+
+
 VERBS = [
+    _add_config,
     _add_info,
     _add_convert,
     _add_tokenizer,
@@ -235,8 +313,8 @@ VERBS = [
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="bevt", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = _Parser(prog="bevt", description=__doc__.splitlines()[0])
+    parser.set_defaults(verbose=False)
     sub = parser.add_subparsers(dest="verb", required=True)
     runners = {}
     for add in VERBS:
@@ -247,18 +325,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, runners
 
 
+def _command(args) -> str:
+    """'bevt data check' for the error prefix."""
+    words = [args.verb] + [getattr(args, f"{args.verb}_verb", None) or ""]
+    return " ".join(["bevt", *filter(None, words)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`--resume auto optim.lr=1e-4`), which argparse alone refuses
+    if extra and hasattr(args, "overrides") and not any(arg.startswith("-") or "=" not in arg for arg in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    command = _command(args)
     try:
         return int(runners[args.verb](args) or 0)
+    except Interrupted as stop:
+        print(f"{command}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except UsageError as err:
-        print(f"bevt {args.verb}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        culprit = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        print(f"{command}: error: {culprit}: {err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130

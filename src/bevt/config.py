@@ -377,6 +377,25 @@ def config_to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def documented_yaml(cfg: Config) -> str:
+    """The config as YAML with every key's one-line doc as a comment (`bevt config show`); it
+    reads back as the same config."""
+    plain = config_to_dict(cfg)
+    lines = []
+
+    def add(obj, values: dict, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            if dataclasses.is_dataclass(getattr(obj, f.name)):
+                lines.append(f"{indent}{f.name}:")
+                add(getattr(obj, f.name), values[f.name], indent + "  ")
+            else:
+                value = yaml.safe_dump(values[f.name], default_flow_style=True, width=1000).removesuffix("...\n")
+                lines.append(f"{indent}{f.name}: {value.strip()}  # {f.metadata['doc']}")
+
+    add(cfg, plain, "")
+    return "\n".join(lines) + "\n"
+
+
 def recipe_names() -> list[str]:
     """Names of the recipes shipped in bevt/configs/."""
     return sorted(p.name.removesuffix(".yaml") for p in RECIPES.iterdir() if p.name.endswith(".yaml"))
@@ -395,8 +414,8 @@ def read_recipe(path_or_name: str | Path) -> dict:
         path = shipped
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a YAML recipe: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections")
     return raw

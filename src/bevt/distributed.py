@@ -79,8 +79,27 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
+
+
+_HOST_GROUP = None  # a gloo group beside NCCL for small host-side agreements, made on first use
+
+
+def max_over_ranks_on_host(value: int) -> int:
+    """The largest of every rank's `value` (a plain int). Under NCCL it goes through a gloo group,
+    so asking every step costs a CPU round trip and never waits for the GPU. Collective: every
+    rank calls it at the same point."""
+    global _HOST_GROUP
+    if not dist.is_initialized():
+        return value
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return int(tensor)
 
 
 def seed_everything(seed: int, rank: int) -> None:

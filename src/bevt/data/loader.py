@@ -8,13 +8,15 @@ is the exact position of the training loop. Since each sample seeds its own rand
 
 Worker processes are seeded by the DataLoader from a generator that is re-seeded from
 (seed, epoch, rank) at the start of every epoch, so any global-RNG use in user transforms is
-reproducible too.
+reproducible too. Workers ignore SIGINT and SIGTERM: stopping is the training process's job
+(it finishes the step, checkpoints, and then shuts its workers down).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 
 import torch
 
@@ -131,6 +133,7 @@ class ResumableLoader:
             drop_last=drop_last,
             pin_memory=torch.cuda.is_available(),
             generator=self.worker_seeds,
+            worker_init_fn=_leave_signals_to_the_main_process,
         )
 
     def __iter__(self):
@@ -154,6 +157,14 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group and schedulers signal every process
+    of a job; a worker that died of it would fail the step the run is finishing before its
+    checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _loader(dataset, *, batch_size, train, seed, num_workers, rank, world_size) -> ResumableLoader:

@@ -4,6 +4,10 @@ Each video is seen as `eval.clips` clips x `eval.crops` crops; the softmax of ev
 averaged before ranking (the paper's protocol: 4 x 3 views on K400, 1 x 3 on SSv2). With the
 temporal test the same views are also scored single-frame and frame-shuffled (temporal.py).
 Under torchrun the videos are split over ranks and the counts summed.
+
+The protocol (frames, sampling, size, clips, crops) and the test annotations come from the
+checkpoint's own saved config, so a model is scored the way it was trained to be; a `--config`
+recipe and key=value overrides replace what they name.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bevt.config import Config, load_config
+from bevt.config import Config, apply_override, config_from_dict, config_to_dict, read_recipe
 from bevt.data.datasets import check_labels
 from bevt.data.loader import build_eval_loader
-from bevt.errors import CheckpointError, ConfigError, DataError
+from bevt.errors import CheckpointError, DataError, check_writable
 from bevt.eval.temporal import MODES, apply_mode
-from bevt.checkpoint import resolve_checkpoint
+from bevt.checkpoint import read_config, resolve_checkpoint
 from bevt.models.build import load_model_from_checkpoint
 from bevt.distributed import autocast, init_distributed, pick_device, rank_and_world_size, shutdown, sum_over_ranks
 
@@ -121,10 +125,29 @@ def write_results(out: dict, out_dir: Path) -> None:
     (out_dir / "results.md").write_text(results_table(out))
 
 
+def evaluation_config(checkpoint: str | Path, recipe: str | None = None, overrides=()) -> Config:
+    """The checkpoint's saved config, with the keys a `recipe` sets and the `overrides` replaced."""
+    raw = config_to_dict(read_config(resolve_checkpoint(checkpoint)))
+    if recipe is not None:
+        _merge(raw, read_recipe(recipe))
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 def run_evaluate(args) -> int:
-    """CLI: `bevt evaluate --config CFG --checkpoint CKPT [--out DIR] [--temporal-test] [key=value ...]`."""
-    cfg = load_config(args.config, args.overrides)
+    """CLI: `bevt evaluate --checkpoint CKPT [--config CFG] [--out DIR] [--temporal-test] [key=value ...]`."""
+    cfg = evaluation_config(args.checkpoint, args.config, args.overrides)
     out_dir = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint) / "eval"
+    check_writable(out_dir, "--out", folder=True)
     env = init_distributed(cfg.run.device)
     try:
         out = evaluate(cfg, args.checkpoint, temporal_test=args.temporal_test, out_dir=out_dir)

@@ -1,38 +1,55 @@
-"""`bevt predict VIDEO... --checkpoint CKPT`: the top-k classes of video files.
+"""`bevt predict VIDEO|FOLDER... --checkpoint CKPT`: the top-k classes of video files.
 
 Each video is read with the checkpoint's own test protocol (its config's frames, sampling, size,
 clips and crops), and the softmax is averaged over the views as in `bevt evaluate`. Class names
 come from the classes.json that finetuning writes into every checkpoint (the names of the
-training annotations); without one the classes are shown by index.
+training annotations); without one the classes are shown by index. A folder stands for the
+videos in it (recursively); a file that cannot be read is reported and the others still run.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from bevt.data.datasets import Sample, VideoDataset
+from bevt.data.datasets import VIDEO_EXTENSIONS, Sample, VideoDataset
+from bevt.data.decode import UnreadableSample
 from bevt.data.loader import clip_sampler
 from bevt.data.transforms import EvalTransform
-from bevt.errors import DataError
+from bevt.errors import DataError, UsageError
 from bevt.eval.classify import load_classifier, view_probabilities
 from bevt.checkpoint import read_class_names, resolve_checkpoint
 from bevt.distributed import pick_device
 
 
+def expand_videos(paths: list[str]) -> list[str]:
+    """Files as given (in order); a folder -> its video files, sorted. An empty folder is an error."""
+    videos = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            if not found:
+                raise DataError(f"{path}: a folder without videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+            videos += found
+        else:
+            videos.append(str(path))
+    return videos
+
+
 @torch.no_grad()
 def predict(videos: list[str], checkpoint: str | Path, top_k: int = 5, device: str = "auto") -> list[dict]:
-    """-> [{"video": path, "top": [{"label", "index", "probability"}, ...]}] per video, best first."""
+    """-> per video, in order: {"video": path, "top": [{"label", "index", "probability"}, ...]}
+    (best first), or {"video": path, "error": reason} for a file that cannot be read."""
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: must be >= 1")
     run_device = pick_device(device)
     model, cfg = load_classifier(checkpoint, run_device)
     names = read_class_names(resolve_checkpoint(checkpoint))
-    for video in videos:
-        if not Path(video).is_file():
-            raise DataError(f"video not found: {video}")
     reader = VideoDataset(
-        [Sample(str(video), -1) for video in videos],
+        [Sample(video, -1) for video in expand_videos(videos)],
         clip_sampler(cfg.data),
         EvalTransform(cfg.data.size, cfg.eval.crops),
         train=False,
@@ -40,7 +57,11 @@ def predict(videos: list[str], checkpoint: str | Path, top_k: int = 5, device: s
     )
     results = []
     for sample in reader.samples:
-        views = reader.load(sample, None, 0)["video"].to(run_device)  # (V,3,T,H,W)
+        try:
+            views = reader.load(sample, None, 0)["video"].to(run_device)  # (V,3,T,H,W)
+        except UnreadableSample as err:
+            results.append({"video": sample.path, "error": err.reason})
+            continue
         probs = view_probabilities(model, views, len(views), cfg.run.precision, run_device)[0]
         best = probs.topk(min(top_k, len(probs)))
         top = [
@@ -52,12 +73,21 @@ def predict(videos: list[str], checkpoint: str | Path, top_k: int = 5, device: s
 
 
 def run_predict(args) -> int:
+    """Prints every readable video's classes; exits 1 when some files could not be read."""
     results = predict(args.videos, args.checkpoint, top_k=args.top_k)
+    failed = [r for r in results if "error" in r]
+    if len(failed) == len(results):
+        raise DataError(f"none of the {len(results)} videos could be read; first: {failed[0]['video']}: "
+                        f"{failed[0]['error']}")
     if args.json:
         print(json.dumps(results, indent=1))
-        return 0
-    for result in results:
-        print(result["video"])
-        for rank, entry in enumerate(result["top"], start=1):
-            print(f"  {rank}. {entry['label']:<40} {100 * entry['probability']:5.1f}%")
-    return 0
+    else:
+        for result in results:
+            if "error" in result:
+                continue
+            print(result["video"])
+            for rank, entry in enumerate(result["top"], start=1):
+                print(f"  {rank}. {entry['label']:<40} {100 * entry['probability']:5.1f}%")
+    for result in failed:
+        print(f"bevt predict: cannot read {result['video']}: {result['error']}", file=sys.stderr)
+    return 1 if failed else 0

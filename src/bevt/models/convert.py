@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from bevt.checkpoint import check_keys, preview_keys
+from bevt.checkpoint import check_keys, explain_load_error, preview_keys
 from bevt.errors import CheckpointError
 from bevt.models import MODEL_FLAVORS, create_model, parse_window
 from bevt.models.pretrainer import BEVTPretrainer
@@ -72,7 +72,7 @@ def load_checkpoint_file(path):
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or pickles objects beyond plain tensors
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+        raise CheckpointError(f"cannot read {path}: {explain_load_error(err)}") from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -7,13 +7,14 @@ so a 224 model input (112 for the tokenizer) gives the 14x14 target grid of the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bevt.errors import CheckpointError
+from bevt.errors import CheckpointError, UsageError
 
 TOKENIZER_JSON = "tokenizer.json"
 
@@ -75,7 +76,31 @@ def read_tokenizer_json(directory: str | Path) -> dict:
     try:
         spec = json.loads(spec_path.read_text())
         spec["kind"], spec["config"], spec["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{spec_path} is malformed: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{spec_path} is malformed: {type(err).__name__}: {err}") from None
     spec["directory"] = path
     return spec
+
+
+def tokenizer_fingerprint(directory: str | Path) -> str:
+    """A hash of tokenizer.json and the weight files it names: the identity of the targets a
+    pretraining run learns. Checkpoints store it and resume checks it, because a tokenizer
+    retrained into the same folder would otherwise change the targets silently."""
+    spec = read_tokenizer_json(directory)
+    digest = hashlib.sha256((spec["directory"] / TOKENIZER_JSON).read_bytes())
+    for name in sorted(spec["files"].values()):
+        try:
+            with open(spec["directory"] / name, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError as err:
+            raise CheckpointError(f"tokenizer weights {spec['directory'] / name}: {err.strerror}") from None
+    return digest.hexdigest()[:16]
+
+
+def refuse_to_overwrite(directory: str | Path, force: bool = False) -> None:
+    """Raise unless `directory` is free for a new tokenizer (or `force`): replacing one would
+    silently change the targets of every run that points at it."""
+    spec_path = Path(directory) / TOKENIZER_JSON
+    if spec_path.exists() and not force:
+        raise UsageError(f"--out {directory} already holds a tokenizer ({spec_path}); runs that point at it would "
+                         "silently get other targets: choose another --out, or pass --force to replace it")

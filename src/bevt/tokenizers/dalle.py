@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from bevt.checkpoint import load_strict
+from bevt.checkpoint import load_strict, load_weights_file
 from bevt.errors import CheckpointError, DataError, UsageError
 from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, write_tokenizer_json
 
@@ -219,7 +219,7 @@ def _load_module(module_class, spec: dict, part: str) -> nn.Module:
     if not path.is_file():
         raise CheckpointError(f"tokenizer weights {path} are missing")
     module = module_class(**spec["config"][part])
-    load_strict(module, load_file(str(path)), str(path))
+    load_strict(module, load_weights_file(path), str(path))
     return module
 
 
@@ -276,8 +276,15 @@ def _unpickle_official(path: Path) -> dict[str, torch.Tensor]:
         import dall_e  # noqa: F401  (the pickles reference its classes)
     except ImportError as err:
         raise UsageError("unpickling the official files needs the `dall_e` package: pip install DALL-E==0.1") from err
-    loaded = torch.load(path, map_location="cpu", weights_only=False)
-    return loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # garbage, a truncated download, or a pickle of something else entirely
+        raise CheckpointError(f"{path}: cannot unpickle it ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                              "expected encoder.pkl / decoder.pkl of the official DALL-E release") from None
+    state = loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not the DALL-E encoder or decoder")
+    return state
 
 
 def import_dalle(encoder_pkl: str | Path, decoder_pkl: str | Path | None, out_dir: str | Path, *, trust_pickle: bool) -> Path:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from bevt.checkpoint import load_strict
+from bevt.checkpoint import load_strict, load_weights_file
 from bevt.errors import CheckpointError
 from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_json, write_tokenizer_json
 
@@ -132,7 +132,7 @@ class VQTokenizer(Tokenizer):
         if not path.is_file():
             raise CheckpointError(f"tokenizer weights {path} are missing")
         tokenizer = cls(**spec["config"])
-        load_strict(tokenizer, load_file(str(path)), str(path))
+        load_strict(tokenizer, load_weights_file(path), str(path))
         return tokenizer.eval().requires_grad_(False)
 
 

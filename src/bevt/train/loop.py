@@ -51,11 +51,13 @@ def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device
 
 
 def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule: Schedule, state: dict,
-          env: DistEnv, logger: RunLogger, save_checkpoint) -> None:
-    """Run optimizer steps from `state["step"]` to `schedule.total_steps`.
+          env: DistEnv, logger: RunLogger, save_checkpoint, stop_requested=lambda: False) -> bool:
+    """Run optimizer steps from `state["step"]` to `schedule.total_steps`; False when stopped early.
 
     `save_checkpoint()` is called every `run.checkpoint_every` steps and after the last one;
-    metrics are averaged over ranks and logged every `run.log_every` steps.
+    metrics are averaged over ranks and logged every `run.log_every` steps. `stop_requested()` is
+    asked after every step and answers the same on every rank (preemption): then the step's
+    metrics are logged, a checkpoint is written and the loop returns (True if that was the last step).
     """
     model.train()
     timer = StepTimer(env.device)
@@ -79,8 +81,9 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
         window_steps += 1
 
         step = state["step"]
-        logged = _is_logging_step(step, cfg.run.log_every, schedule.total_steps)
-        saving = step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps
+        stopping = stop_requested()
+        logged = stopping or _is_logging_step(step, cfg.run.log_every, schedule.total_steps)
+        saving = stopping or step % cfg.run.checkpoint_every == 0 or step == schedule.total_steps
         if logged or saving:
             diverged = int(sum_over_ranks(nonfinite_steps.clone()))
             if diverged:
@@ -101,8 +104,11 @@ def train(cfg: Config, task, model: nn.Module, optimizer, scaler, ema, schedule:
             logger.log(step, {**values, "lr": lr, "epoch": step / schedule.steps_per_epoch})
         if saving:
             save_checkpoint()
+        if stopping and step < schedule.total_steps:
+            return False
         if logged:  # the next window starts after the checkpoint, which is no training time
             window, window_steps, window_start = {}, 0, time.perf_counter()
+    return True
 
 
 def _is_logging_step(step: int, log_every: int, total_steps: int) -> bool:

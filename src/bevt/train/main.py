@@ -3,24 +3,32 @@ schedule -> the loop.
 
 `train(cfg, resume=None)` is the whole run as a function (the CLI and the demo call it); it
 returns the final checkpoint's directory. `train_tokenizer` runs a `tokenizer` recipe and then
-writes the trained VQ tokenizer into run.out, where `tokenizer.path` of a pretraining recipe reads it. `dry_run(cfg)` builds model, optimizer and schedule
-without data or weights and then reports every missing input path at once.
+writes the trained VQ tokenizer into run.out, where `tokenizer.path` of a pretraining recipe reads
+it. `dry_run(cfg)` builds model, optimizer and schedule without data or weights and then reports
+every missing input path at once.
+
+A run owns its run.out (a lock, see checkpoint.RunLock) and is preemption-safe: SIGTERM or SIGINT
+ends it after the current step with a checkpoint, and `Interrupted` says how to resume.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import signal
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from bevt.config import Config, load_config, save_config
-from bevt.errors import CheckpointError, ConfigError, DataError
+from bevt.config import Config, config_to_dict, load_config, save_config
+from bevt.errors import CheckpointError, ConfigError, DataError, Interrupted
 from bevt import checkpoint as ckpt
 from bevt.distributed import (
-    DistEnv, barrier, gather_objects, init_distributed, load_optimizer_state, model_state, optimizer_state,
-    pick_device, seed_everything, shutdown, unwrap, wrap_model,
+    DistEnv, barrier, gather_objects, init_distributed, load_optimizer_state, max_over_ranks_on_host, model_state,
+    optimizer_state, pick_device, seed_everything, shutdown, unwrap, wrap_model,
 )
 from bevt.train.logging import RunLogger
 from bevt.train.loop import train as run_loop
@@ -28,6 +36,7 @@ from bevt.train.optim import Schedule, build_ema, build_optimizer
 from bevt.models.build import build_model
 from bevt.models.convert import load_checkpoint_file
 from bevt.tokenizers import load_tokenizer
+from bevt.tokenizers.base import refuse_to_overwrite, tokenizer_fingerprint
 from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
 from bevt.train.tasks import check_finetune_labels, make_task
 
@@ -41,8 +50,12 @@ def run_training(args) -> int:
         raise ConfigError(f"task={cfg.task!r}: {args.config} is a {cfg.task} recipe; run `bevt {cfg.task} --config {args.config}`")
     if args.dry_run:
         dry_run(cfg)
-    else:
+        return 0
+    try:
         train(cfg, resume=args.resume)
+    except Interrupted as stop:
+        command = shlex.join(["bevt", args.verb, "--config", args.config, *args.overrides, "--resume", "auto"])
+        raise Interrupted(f"{stop}; resume with: {command}", stop.signum) from None
     return 0
 
 
@@ -55,6 +68,8 @@ def run_tokenizer_training(args) -> int:
     if args.dry_run:
         dry_run(cfg)
         return 0
+    if args.resume is None:
+        refuse_to_overwrite(args.out, force=args.force)
     path = train_tokenizer(cfg, resume=args.resume)
     if path is not None:
         print(f"tokenizer written to {path}; use it with tokenizer.path={path}")
@@ -154,38 +169,81 @@ def read_init_weights(path: str) -> tuple[dict[str, torch.Tensor], Config | None
 def train(cfg: Config, resume: str | None = None) -> Path:
     """Run (or resume) the training of `cfg`; returns the final checkpoint directory.
 
-    Under torchrun every rank calls this; only rank 0 writes files.
+    Under torchrun every rank calls this; only rank 0 writes files and holds the run.out lock.
+    SIGTERM / SIGINT end the run after the current step with a checkpoint and raise `Interrupted`.
     """
     earlier = ckpt.complete_checkpoints(cfg.run.out)
     if resume is None and earlier:  # its metrics and checkpoint pruning would mix with this run's
         raise ConfigError(f"run.out={cfg.run.out} already holds checkpoints of an earlier run (newest: "
                           f"{earlier[-1].name}): pass --resume auto to continue it, or choose another run.out")
-    resuming = resume is not None and ckpt.resume_checkpoint(resume, cfg.run.out) is not None
-    missing = missing_inputs(cfg, resuming)
+    missing = missing_inputs(cfg, resuming=resume is not None and (resume != "auto" or bool(earlier)))
     if missing:
         raise DataError(f"missing input(s): {', '.join(missing)}")
     cfg = check_finetune_labels(cfg)
-    env = init_distributed(cfg.run.device)
-    try:
-        return _train(cfg, env, resume)
-    finally:
-        shutdown()
+    first_process = int(os.environ.get("RANK", 0)) == 0  # before the process group exists
+    with ckpt.RunLock(cfg.run.out) if first_process else nullcontext():  # refuses while another run is live
+        env = init_distributed(cfg.run.device)
+        try:
+            return _train(cfg, env, resume)
+        finally:
+            shutdown()
+
+
+class StopOnSignal:
+    """SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) ask the run to stop
+    after the current step rather than kill it. Ranks may receive the signal during different
+    steps, so after every step they agree on it (`requested`, a max over ranks) and all stop at the
+    same one. The first signal restores the previous handlers: a second one acts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received = 0
+        self.signum = 0  # the agreed signal, once `requested()` said yes
+        self.previous = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        self._restore()
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def requested(self) -> bool:
+        """Whether any rank received a signal (collective: the same answer on every rank)."""
+        self.signum = max_over_ranks_on_host(self.received)
+        return self.signum != 0
 
 
 def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     _check_run_options(cfg, env.device)
     seed_everything(cfg.run.seed, rank=0)  # the same initial weights on every rank (FSDP shards them as they are)
     run_dir = Path(cfg.run.out)
+    start = ckpt.resume_checkpoint(resume, run_dir)
+    if resume is not None and start is None:
+        log.info("no complete checkpoint in %s yet: starting from step 0", run_dir)
+    if start is not None:
+        _check_resumed_config(ckpt.read_config(start), cfg, start)
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ckpt.CONFIG_FILE)
 
     task = make_task(cfg, env.rank, env.world_size, env.device)
     schedule = Schedule.from_epochs(task.batches_per_epoch, cfg.optim.accum_steps, cfg.optim.epochs, cfg.optim.warmup_epochs)
     model = build_model(cfg).to(env.device)
-    start = ckpt.resume_checkpoint(resume, run_dir)
-    if resume is not None and start is None:
-        log.info("no complete checkpoint in %s yet: starting from step 0", run_dir)
+    # the identity of the pretraining targets: a tokenizer retrained in place must not go unnoticed on resume
+    fingerprint = tokenizer_fingerprint(cfg.tokenizer.path) if cfg.task == "pretrain" else None
     if start is not None:
         ckpt.load_strict(model, ckpt.read_weights(start), str(start))
     elif cfg.run.init_from is not None:
@@ -199,7 +257,7 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     seed_everything(cfg.run.seed, env.rank)  # from here on ranks draw different dropout / drop-path noise
     state = {"step": 0}
     if start is not None:
-        _restore(start, env, model, optimizer, scaler, ema, task, state)
+        _restore(start, env, model, optimizer, scaler, ema, task, state, fingerprint)
         log.info("resumed from %s at step %d", start, state["step"])
 
     def save():
@@ -212,6 +270,8 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
                 "streams": {name: stream.state_dict() for name, stream in task.streams.items()},
             }),
         }
+        if fingerprint is not None:
+            train_state["tokenizer_fingerprint"] = fingerprint
         weights = model_state(model)
         if env.is_main:
             ckpt.save_checkpoint(run_dir, state["step"], cfg, weights, train_state,
@@ -223,15 +283,60 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     log.info("%s: %d steps (%d per epoch), %d warm-up, %d process(es) on %s", _describe(cfg), schedule.total_steps,
              schedule.steps_per_epoch, schedule.warmup_steps, env.world_size, env.device)
     try:
-        run_loop(cfg, task, model, optimizer, scaler, ema, schedule, state, env, logger, save)
+        with StopOnSignal() as stop:
+            finished = run_loop(cfg, task, model, optimizer, scaler, ema, schedule, state, env, logger, save,
+                                stop_requested=stop.requested)
     finally:
         logger.close()
+    if not finished:
+        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after step {state['step']} of "
+                          f"{schedule.total_steps}; checkpoint written to {ckpt.checkpoint_dir(run_dir, state['step'])}",
+                          stop.signum)
+    for stream in task.streams.values():
+        stream.finish()  # the skipped-sample summary of the last (partial) epoch
     return ckpt.checkpoint_dir(run_dir, schedule.total_steps)
 
 
-def _restore(start: Path, env: DistEnv, model, optimizer, scaler, ema, task, state: dict) -> None:
+# Settings that fix the shape of the model or of its training state: a resume must keep them.
+FIXED_ON_RESUME = ("task", "model.name", "model.window_size", "finetune.num_classes", "pretrain.streams")
+
+
+def _check_resumed_config(saved: Config, cfg: Config, start: Path) -> None:
+    """Refuse to resume with another model shape; warn about every other setting that changed."""
+    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(cfg))
+    changed = {key: (old.get(key), value) for key, value in new.items()
+               if old.get(key) != value and key not in ("run.out", "run.init_from")}
+    for key in FIXED_ON_RESUME:
+        if key in changed:
+            before, now = changed[key]
+            raise CheckpointError(f"{key}={now!r}: {start} was trained with {key}={before!r}; a resumed run keeps "
+                                  "it (start a new run, e.g. with run.init_from, to change it)")
+    if changed:
+        log.warning("resuming %s with changed settings: %s", start,
+                    ", ".join(f"{key} {before!r} -> {now!r}" for key, (before, now) in changed.items()))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _restore(start: Path, env: DistEnv, model, optimizer, scaler, ema, task, state: dict,
+             fingerprint: str | None) -> None:
     """Optimizer, scaler, EMA, step, and this rank's RNG and loader positions from a checkpoint."""
     saved = ckpt.read_train_state(start)
+    saved_fingerprint = saved.get("tokenizer_fingerprint")
+    if fingerprint is not None and saved_fingerprint is not None and saved_fingerprint != fingerprint:
+        raise CheckpointError(
+            f"tokenizer.path: the tokenizer changed since {start} was written (fingerprint {saved_fingerprint}, now "
+            f"{fingerprint}), so its targets differ from the ones this run learned; restore that tokenizer "
+            "or start a new run")
     load_optimizer_state(model, optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     if ema is not None:

@@ -60,14 +60,19 @@ class BatchStream:
         if self._batches is None:
             self._batches = iter(self.loader)
         batch = next(self._batches, None)
-        if batch is None:  # epoch done: account for skips (a summary file when there were some), next epoch
-            epoch = self.loader.sampler.epoch
-            self.skip_counter.end_epoch(epoch, str(self.skip_dir) if self.skip_counter.skipped else None, self.rank)
-            self.loader.set_epoch(epoch + 1)
+        if batch is None:  # epoch done: account for its skips, next epoch
+            self.finish()
+            self.loader.set_epoch(self.loader.sampler.epoch + 1)
             self._batches = iter(self.loader)
             batch = next(self._batches)
         self.skip_counter.update(batch)
         return batch
+
+    def finish(self) -> None:
+        """Account for the skips of the current epoch (a summary file when there were some); called
+        at every epoch's end and once more when the run ends, usually inside an epoch."""
+        skip_dir = str(self.skip_dir) if self.skip_counter.skipped else None
+        self.skip_counter.end_epoch(self.loader.sampler.epoch, skip_dir, self.rank)
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
