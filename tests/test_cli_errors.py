@@ -79,9 +79,9 @@ def tokenizer_dir(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["tokenizer", "train", "--images", "x", "--out", "y", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["tokenizer", "train", "--images", "x", "--out", "y", "optim.epochs=0"], "optim.epochs=0.0: must be > 0"),
     (["predict", "v.mp4", "--checkpoint", "c", "--top-k", "-1"], "argument --top-k: must be >= 1, got -1"),
-    (["tokenizer", "train", "--images", "x", "--out", "y", "--lr", "-1"], "argument --lr: must be > 0, got -1"),
+    (["tokenizer", "train", "--images", "x", "--out", "y", "optim.lr=-1"], "optim.lr=-1.0: must be > 0"),
     (["info", "debug", "--frames", "zero"], "argument --frames: expected an integer, got 'zero'"),
     (["finetune", "--config", "tiny_finetune", "--resume"], "argument --resume: expected one argument"),
     (["finetune", "--config", "tiny_finetune", "--bogus"], "unrecognized arguments: --bogus"),
@@ -153,7 +153,7 @@ def test_import_dalle_of_a_pickle_of_something_else(capsys, tmp_path):
 
 def test_tokenizer_train_refuses_to_overwrite(capsys, tokenizer_dir):
     before = (tokenizer_dir / "tokenizer.safetensors").read_bytes()
-    code, err = run(capsys, "tokenizer", "train", "--images", tokenizer_dir, "--out", tokenizer_dir, "--steps", "1")
+    code, err = run(capsys, "tokenizer", "train", "--images", tokenizer_dir, "--out", tokenizer_dir)
     assert code == 2 and f"--out {tokenizer_dir} already holds a tokenizer" in one_line_error(err)
     assert "--force" in err and (tokenizer_dir / "tokenizer.safetensors").read_bytes() == before
 

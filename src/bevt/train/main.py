@@ -179,9 +179,9 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     missing = missing_inputs(cfg, resuming=resume is not None and (resume != "auto" or bool(earlier)))
     if missing:
         raise DataError(f"missing input(s): {', '.join(missing)}")
-    cfg = check_finetune_labels(cfg)
     first_process = int(os.environ.get("RANK", 0)) == 0  # before the process group exists
     with ckpt.RunLock(cfg.run.out) if first_process else nullcontext():  # refuses while another run is live
+        cfg = check_finetune_labels(cfg)
         env = init_distributed(cfg.run.device)
         try:
             return _train(cfg, env, resume)
