@@ -280,7 +280,8 @@ def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shif
     bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU).double() if shifted else None
     grad = torch.randn(batch, windows, heads, n, 8, dtype=torch.float64)
-    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    attn_bias = bias if shift_mask is None else shift_mask + bias
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
     scores = q @ k.transpose(-2, -1) / 8**0.5 + bias + (0 if shift_mask is None else shift_mask)
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v, (q, k, v, bias), grad)
     for mine, theirs in zip(ours, expected, strict=True):
@@ -298,7 +299,8 @@ def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scal
     v, bias = torch.randn(2, 4, 2, 32, 16, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU)
     grad = torch.randn(2, 4, 2, 32, 16)
-    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    attn_bias = bias if shift_mask is None else shift_mask + bias
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
     scores = q.double() @ k.double().transpose(-2, -1) / 4 + bias.double() + shift_mask.double()
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v.double(), (q, k, v, bias), grad.double())
     for mine, theirs in zip(ours, expected, strict=True):

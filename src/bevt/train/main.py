@@ -23,7 +23,7 @@ from bevt.distributed import (
 )
 from bevt.train.logging import RunLogger
 from bevt.train.loop import Schedule, train as run_loop
-from bevt.train.optim import build_optimizer
+from bevt.train.optim import FUSED_ADAMW_DEVICES, build_optimizer
 from bevt.models.build import build_model
 from bevt.train.tasks import make_task
 
@@ -165,7 +165,7 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
     model = wrap_model(model, env, cfg.run.parallel)
     # after wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold
-    optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type == "cuda")
+    optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type in FUSED_ADAMW_DEVICES)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.run.precision == "fp16")
     seed_everything(cfg.run.seed, env.rank)  # from here on ranks draw different dropout / drop-path noise
     state = {"step": 0}
