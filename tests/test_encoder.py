@@ -338,6 +338,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert create_model("debug", use_checkpoint=True).layers[2].use_checkpoint
 
 
+@pytest.mark.slow
+def test_encoder_compiles_as_one_graph_with_eager_numbers():
+    """torch.compile(fullgraph=True) traces forward and backward without a graph break (the
+    aot_eager backend checks the graph, not inductor's code generation) and gives eager's
+    numbers: compiled, the attention is SDPA's, whose graph the compiler can fuse."""
+    torch.manual_seed(0)
+    encoder = randomise_bias_tables(create_model("debug"))
+    video, mask = torch.randn(2, 3, 4, 32, 32), torch.rand(2, 2, 8, 8) < 0.5
+    eager = encoder(video, mask)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(encoder.parameters()))
+    compiled = torch.compile(encoder, fullgraph=True, backend="aot_eager")(video, mask)
+    compiled_grads = torch.autograd.grad(compiled.square().sum(), list(encoder.parameters()))
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    for mine, theirs in zip(compiled_grads, eager_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
+
+
 def test_bf16_autocast_runs_on_cpu():
     encoder = create_model("debug")
     with torch.autocast("cpu", dtype=torch.bfloat16):

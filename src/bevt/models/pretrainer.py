@@ -9,6 +9,9 @@ time apart passes the targets it computed with `target_tokens` as `targets=`:
     image_batch = {"image": (B,3,H,W), "image_tok": (B,3,H/2,W/2) in [0,1], "mask": (B,H/16,W/16)}
     video_batch = {"video": (B,3,T,H,W), "video_tok": (B,3,T,H/2,W/2) in [0,1], "mask": (B,T/2,H/16,W/16)}
 
+plus, optionally, "host_mask": the same mask on the host (the loader's), from which the masked
+cells are picked without a host-device synchronisation.
+
 Loss (paper Eq. 3-5): cross-entropy over masked cells only, averaged per stream,
 L = L_MIM + video_loss_weight * L_MVM. The video mask lives on the T/2 patch steps and is repeated
 x2 in time for the per-frame token labels.
@@ -75,13 +78,18 @@ class BEVTPretrainer(nn.Module):
                 )
             features = self.decode_features(batch[stream], cell_mask)  # (B,[T],h,w,8C)
             # Only masked cells reach the classifier: the loss ignores the rest, and the 8C x vocab
-            # head is a large share of the compute.
-            logits = self.token_logits(features[loss_mask])  # (M, vocab)
-            masked_targets = tokens[loss_mask]  # (M,)
-            stream_loss = F.cross_entropy(logits, masked_targets, reduction="sum") / max(len(masked_targets), 1)
+            # head is a large share of the compute. Their rows come from the host mask when the
+            # batch has one, so neither the selection nor the count waits for the device.
+            host_mask = batch.get("host_mask", cell_mask)
+            rows = (mask_to_token_grid(host_mask) if stream == "video" else host_mask).flatten().nonzero().squeeze(1)
+            count = max(len(rows), 1)
+            rows = rows.to(features.device, non_blocking=True)
+            logits = self.token_logits(features.flatten(0, -2).index_select(0, rows))  # (M, vocab)
+            masked_targets = tokens.flatten().index_select(0, rows)  # (M,)
+            stream_loss = F.cross_entropy(logits, masked_targets, reduction="sum") / count
             out[f"loss_{stream}"] = stream_loss
             hits = (logits.detach().argmax(-1) == masked_targets).sum()
-            out[f"acc_{stream}"] = hits.float() / max(len(masked_targets), 1)
+            out[f"acc_{stream}"] = hits.float() / count
             loss = loss + (self.video_loss_weight if stream == "video" else 1.0) * stream_loss
         out["loss"] = loss
         return out

@@ -278,6 +278,13 @@ class VideoSwinEncoder(nn.Module):
         for stage in self.layers:
             stage.use_checkpoint = enable
 
+    def compile_blocks(self):
+        """torch.compile every Swin block in place (regional compilation: blocks of one shape share
+        their compiled code, so compiling costs little; parameter names stay the same)."""
+        for stage in self.layers:
+            for block in stage.blocks:
+                block.compile()
+
     def forward_features(self, x, mask=None):
         """Video (B,3,T,H,W) or image (B,3,H,W) -> {"stage3": (B,T',H/16,W/16,4C),
         "stage4": (B,T',H/32,W/32,8C)}, before the final norm; T' = 1 for images.

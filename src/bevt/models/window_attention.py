@@ -35,7 +35,8 @@ def window_attention(qkv, attn_bias):
     stack three); attn_bias (heads, N, N) (the relative-position bias) or (nW, heads, N, N)
     (plus each window's shift mask) -> (B, nW, heads, N, d).
     """
-    if USE_CPU_KERNEL and qkv.device.type == "cpu" and attn_bias.requires_grad and torch.is_grad_enabled():
+    if (USE_CPU_KERNEL and qkv.device.type == "cpu" and attn_bias.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):  # compiled, SDPA's graph is what the compiler fuses
         return _CpuWindowAttention.apply(qkv, attn_bias)
     out, _ = _fused_attention(qkv, attn_bias, F.scaled_dot_product_attention)
     return out

@@ -163,6 +163,8 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
         state, source_cfg = read_init_weights(cfg.run.init_from)
         task.init_weights(model, state, source_cfg)
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
+    if cfg.run.compile:  # after the EMA copy, which stays eager
+        model.encoder.compile_blocks()
     model = wrap_model(model, env, cfg.run.parallel)
     # after wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold
     optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type in FUSED_ADAMW_DEVICES)
