@@ -31,6 +31,7 @@ from torchvision.ops import StochasticDepth
 from bevt.checkpoint import load_strict
 from bevt.models.convert import from_torchvision
 from bevt.models import create_model
+from bevt.models import window_attention as attention_module
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-attention", default="kernel", choices=["kernel", "sdpa", "both"],
+                   help="bevt's CPU training attention: its kernel, SDPA's own path, or both side by side")
     return p.parse_args(argv)
 
 
@@ -105,19 +108,31 @@ def main(argv=None):
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     reference, ours = build_pair(args.model, device)
     video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
-    models = {f"torchvision {args.model.replace('swin_', 'swin3d_')}": reference, f"bevt {args.model}": ours}
+    # name -> (model, whether bevt's CPU attention kernel is on while it runs)
+    models = {f"torchvision {args.model.replace('swin_', 'swin3d_')}": (reference, True)}
+    if args.cpu_attention in ("kernel", "both"):
+        models[f"bevt {args.model}"] = (ours, True)
+    if args.cpu_attention in ("sdpa", "both"):
+        models[f"bevt {args.model} (SDPA)"] = (ours, False)
 
-    diff = (train_step(ours, video, dtype) - train_step(reference, video, dtype)).abs().max().item()
+    def step(name):
+        model, attention_module.USE_CPU_KERNEL = models[name]
+        return train_step(model, video, dtype)
+
+    diff = max((step(name) - step(next(iter(models)))).abs().max().item() for name in list(models)[1:])
     for _ in range(args.warmup):
-        for model in models.values():
-            train_step(model, video, dtype)
+        for name in models:
+            step(name)
     times = {name: [] for name in models}
     for i in range(args.repeats):
         for name in list(models)[:: 1 if i % 2 == 0 else -1]:  # alternate which model goes first
             start = time.perf_counter()
-            train_step(models[name], video, dtype)
+            step(name)
             times[name].append(time.perf_counter() - start)
-    peaks = {name: peak_memory_bytes(model, video, dtype) for name, model in models.items()}
+    peaks = {}
+    for name, (model, attention_module.USE_CPU_KERNEL) in models.items():
+        peaks[name] = peak_memory_bytes(model, video, dtype)
+    attention_module.USE_CPU_KERNEL = True
 
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"{args.model} {args.batch}x3x{args.frames}x{args.size}x{args.size} {args.dtype} on {device}{threads}: "
@@ -125,12 +140,14 @@ def main(argv=None):
     for name in models:
         print(f"  {name:<22} {statistics.median(times[name]) * 1e3:9.1f} ms  (min {min(times[name]) * 1e3:.1f})"
               f"  peak {peaks[name] / 2**20:8.1f} MiB")
-    (ref_name, our_name) = models
-    time_ratio = statistics.median(times[our_name]) / statistics.median(times[ref_name])
-    # each round runs both back to back, so its ratio is robust to load that drifts between rounds
-    round_ratio = statistics.median(ours / ref for ours, ref in zip(times[our_name], times[ref_name]))
-    print(f"  bevt/torchvision: time {time_ratio:.2f}x (median of per-round ratios {round_ratio:.2f}x),"
-          f" peak memory {peaks[our_name] / peaks[ref_name]:.2f}x; max |logit difference| {diff:.1e}")
+    ref_name, *our_names = models
+    for our_name in our_names:
+        time_ratio = statistics.median(times[our_name]) / statistics.median(times[ref_name])
+        # each round runs all back to back, so its ratio is robust to load that drifts between rounds
+        round_ratio = statistics.median(ours / ref for ours, ref in zip(times[our_name], times[ref_name]))
+        print(f"  {our_name}/torchvision: time {time_ratio:.2f}x (median of per-round ratios {round_ratio:.2f}x),"
+              f" peak memory {peaks[our_name] / peaks[ref_name]:.2f}x")
+    print(f"  max |logit difference| to torchvision {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,28 @@ backward = "model"; plus the tokenizer's forward = "all") over peak x step time.
 
     python benchmarks/train_throughput.py                      # tiny_joint recipe, CPU, fp32 vs bf16
     python benchmarks/train_throughput.py --device cuda --model swin_b --precisions bf16,fp16
+    python benchmarks/train_throughput.py --precisions fp32 --baseline-commit ba8cb1a --rounds 5
+
+`--baseline-commit` times an older commit side by side: it exports that commit with `git archive`
+into a temporary directory and, round after round (alternating which goes first), runs that
+commit's own copy of this script (consistent with its own API) and this checkout's script, each
+in a fresh subprocess with PYTHONPATH on its `src`, with identical arguments and one round each;
+it prints both steps/s, the median of the per-round ratios and each side's step split.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,7 +42,7 @@ from bevt.masking import build_mask_generator
 from bevt.train.logging import StepTimer
 from bevt.distributed import autocast
 from bevt.train.loop import train_step
-from bevt.train.optim import build_optimizer
+from bevt.train.optim import FUSED_ADAMW_DEVICES, build_optimizer
 from bevt.models.build import build_model
 from bevt.train.tasks import PretrainTask
 
@@ -47,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    p.add_argument("--baseline-commit", default=None,
+                   help="git commit to time side by side with this checkout (first precision only; see above)")
     return p.parse_args(argv)
 
 
@@ -97,12 +114,12 @@ def random_streams(cfg, device):
         "image": RepeatedBatch({
             "image": torch.randn(b, 3, s, s, device=device),
             "image_tok": torch.rand(b, 3, s // 2, s // 2, device=device),
-            "mask": torch.stack([images() for _ in range(b)]).to(device),
+            "mask": torch.stack([images() for _ in range(b)]),  # on the host, as the loader makes it
         }),
         "video": RepeatedBatch({
             "video": torch.randn(n, 3, t, s, s, device=device),
             "video_tok": torch.rand(n, 3, t, s // 2, s // 2, device=device),
-            "mask": torch.stack([clips() for _ in range(n)]).to(device),
+            "mask": torch.stack([clips() for _ in range(n)]),
         }),
     }
 
@@ -118,18 +135,69 @@ def count_flops(model, task, precision, device):
     total = counter.get_total_flops()
     with FlopCounterMode(display=False) as tokenizer_counter:
         for stream in ("image", "video"):
-            model.target_tokens(batch[stream][f"{stream}_tok"])
+            model.target_tokens(batch[stream][f"{stream}_tok"], batch[stream]["host_mask"])
     return total - tokenizer_counter.get_total_flops(), total
+
+
+REPO = Path(__file__).resolve().parent.parent
+STEP_LINE = re.compile(r"^\s*(\w+):\s+([\d.]+) steps/s.*\|\s*(.*)$")
+
+
+def run_script(root: Path, argv: list[str]) -> tuple[float, str]:
+    """Run root/benchmarks/train_throughput.py with PYTHONPATH=root/src -> (steps/s, step split)."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "train_throughput.py"), *argv],
+                            env=env, capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if match := STEP_LINE.match(line):
+            return float(match[2]), match[3].split("|")[0].strip()
+    raise RuntimeError(f"{root}: no steps/s line in the benchmark's output:\n{result.stdout}\n{result.stderr}")
+
+
+def compare_with_commit(args) -> None:
+    """This checkout against `args.baseline_commit`, one fresh subprocess per side and round."""
+    precision = args.precisions.split(",")[0]
+    passed = ["--device", args.device, "--precisions", precision, "--rounds", "1",
+              "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    for option, value in (("--model", args.model), ("--video-batch", args.video_batch), ("--image-batch", args.image_batch)):
+        if value:
+            passed += [option, str(value)]
+    if args.grad_checkpointing:
+        passed.append("--grad-checkpointing")
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", args.baseline_commit],
+                         capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory(prefix=f"bevt-{args.baseline_commit}-") as baseline_dir:
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            archive.extractall(baseline_dir, filter="data")
+        sides = {"this checkout": REPO, f"commit {args.baseline_commit}": Path(baseline_dir)}
+        results = {name: [] for name in sides}
+        for round_index in range(args.rounds):
+            for name in list(sides)[:: 1 if round_index % 2 == 0 else -1]:  # alternate which goes first
+                results[name].append(run_script(sides[name], passed))
+            print(f"round {round_index + 1}: " + ", ".join(f"{n} {r[-1][0]:.3f} steps/s" for n, r in results.items()),
+                  flush=True)
+    (new, new_runs), (old, old_runs) = results.items()
+    ratios = [a[0] / b[0] for a, b in zip(new_runs, old_runs)]
+    print(f"{precision}, {' '.join(passed)}: median of {args.rounds} alternating rounds")
+    for name, runs in results.items():
+        median_run = sorted(runs)[len(runs) // 2]
+        print(f"  {name:<24} {statistics.median(r[0] for r in runs):7.3f} steps/s  "
+              f"(min {min(r[0] for r in runs):.3f}, max {max(r[0] for r in runs):.3f})  | {median_run[1]}")
+    print(f"  {new} / {old}: x{statistics.median(ratios):.2f} (median of per-round ratios; "
+          f"ratio of medians x{statistics.median(r[0] for r in new_runs) / statistics.median(r[0] for r in old_runs):.2f})")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.baseline_commit:
+        compare_with_commit(args)
+        return
     device = torch.device(args.device)
     cfg = benchmark_config(args)
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer=random_tokenizer(cfg)).to(device).train()
     optimizer = build_optimizer(model, cfg.optim, tuple(len(s.blocks) for s in model.encoder.layers),
-                                fused=device.type == "cuda")
+                                fused=device.type in FUSED_ADAMW_DEVICES)
     task = PretrainTask(cfg, random_streams(cfg, device), device)
     precisions = args.precisions.split(",")
     scalers = {p: torch.amp.GradScaler(device.type, enabled=p == "fp16") for p in precisions}

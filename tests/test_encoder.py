@@ -336,7 +336,8 @@ def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shif
     bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU).double() if shifted else None
     grad = torch.randn(batch, windows, heads, n, 8, dtype=torch.float64)
-    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    attn_bias = bias if shift_mask is None else shift_mask + bias
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
     scores = q @ k.transpose(-2, -1) / 8**0.5 + bias + (0 if shift_mask is None else shift_mask)
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v, (q, k, v, bias), grad)
     for mine, theirs in zip(ours, expected, strict=True):
@@ -354,7 +355,8 @@ def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scal
     v, bias = torch.randn(2, 4, 2, 32, 16, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU)
     grad = torch.randn(2, 4, 2, 32, 16)
-    ours = torch.autograd.grad(window_attention(q, k, v, bias, shift_mask), (q, k, v, bias), grad)
+    attn_bias = bias if shift_mask is None else shift_mask + bias
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
     scores = q.double() @ k.double().transpose(-2, -1) / 4 + bias.double() + shift_mask.double()
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v.double(), (q, k, v, bias), grad.double())
     for mine, theirs in zip(ours, expected, strict=True):
@@ -390,6 +392,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for plain, checkpointed in zip(*grads, strict=True):
         assert torch.allclose(plain, checkpointed, atol=1e-6)
     assert create_model("debug", use_checkpoint=True).layers[2].use_checkpoint
+
+
+@pytest.mark.slow
+def test_encoder_compiles_as_one_graph_with_eager_numbers():
+    """torch.compile(fullgraph=True) traces forward and backward without a graph break (the
+    aot_eager backend checks the graph, not inductor's code generation) and gives eager's
+    numbers: compiled, the attention is SDPA's, whose graph the compiler can fuse."""
+    torch.manual_seed(0)
+    encoder = randomise_bias_tables(create_model("debug"))
+    video, mask = torch.randn(2, 3, 4, 32, 32), torch.rand(2, 2, 8, 8) < 0.5
+    eager = encoder(video, mask)
+    eager_grads = torch.autograd.grad(eager.square().sum(), list(encoder.parameters()))
+    compiled = torch.compile(encoder, fullgraph=True, backend="aot_eager")(video, mask)
+    compiled_grads = torch.autograd.grad(compiled.square().sum(), list(encoder.parameters()))
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    for mine, theirs in zip(compiled_grads, eager_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
 
 
 def test_bf16_autocast_runs_on_cpu():

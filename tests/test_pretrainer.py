@@ -4,7 +4,7 @@ import torch
 from bevt.masking import build_mask_generator
 from bevt.models import create_model
 from bevt.models.decoders import ImageDecoder, VideoDecoder
-from bevt.models.pretrainer import BEVTPretrainer
+from bevt.models.pretrainer import NOT_A_TARGET, BEVTPretrainer
 from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
 
 VOCAB = 64
@@ -79,6 +79,31 @@ def test_joint_forward_outputs_and_shapes():
     assert pretrainer.target_tokens(video_batch["video_tok"]).shape == (2, 4, 2, 2)
     out["loss"].backward()
     assert pretrainer.token_head.weight.grad is not None
+
+
+def test_only_frames_with_masked_cells_are_tokenized_and_the_loss_is_unchanged():
+    pretrainer = _pretrainer()
+    image_batch, video_batch = _batches(frames=8)
+    video_batch["mask"][0, 1:3] = False  # clip 0: steps 1 and 2 (frames 2-5) hold no masked cell
+    video_batch["mask"][1] = True
+    image_batch["mask"][1] = False  # an image without masked cells (its loss is empty)
+    seen = []
+    hook = pretrainer.tokenizer.encoder.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    full = {name: pretrainer.target_tokens(b[f"{name}_tok"]) for name, b in (("image", image_batch), ("video", video_batch))}
+    partial = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["mask"])
+               for name, b in (("image", image_batch), ("video", video_batch))}
+    hook.remove()
+    assert seen == [2, 16, 1, 12]
+    assert torch.equal(partial["video"][0, 2:6], torch.full_like(partial["video"][0, 2:6], NOT_A_TARGET))
+    assert torch.equal(partial["video"][1], full["video"][1]) and torch.equal(partial["image"][0], full["image"][0])
+    torch.manual_seed(1)
+    reference = pretrainer(image_batch, video_batch, targets=full)
+    torch.manual_seed(1)
+    assert torch.equal(pretrainer(image_batch, video_batch, targets=partial)["loss"], reference["loss"])
+    torch.manual_seed(1)
+    assert torch.equal(pretrainer(image_batch, video_batch)["loss"], reference["loss"])  # tokenized inside
+    with pytest.raises(ValueError, match="does not match the token grid"):
+        pretrainer.target_tokens(video_batch["video_tok"], video_batch["mask"][:, :2])
 
 
 def test_tokenizer_is_frozen_and_outside_the_state_dict():

@@ -69,6 +69,18 @@ def test_dalle_bf16_and_callers_autocast():
         _ours_from(reference, precision="int8")
 
 
+def test_dalle_auto_precision_is_fp16_on_gpus_and_fp32_elsewhere():
+    """"auto" (the default) picks, per device, the fastest mode that keeps >= 99.5% of fp32's
+    tokens (measured on an H100: fp16 99.70%, bf16 97%)."""
+    reference = _reference_encoder()
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    tokenizer = _ours_from(reference)
+    assert tokenizer.precision == "auto"
+    assert tokenizer.compute_dtype(torch.device("cuda")) == torch.float16
+    assert tokenizer.compute_dtype(torch.device("cpu")) == torch.float32
+    assert torch.equal(tokenizer.encode(pixels), _ours_from(reference, precision="fp32").encode(pixels))
+
+
 def test_dalle_decoder_matches_the_package():
     torch.manual_seed(0)
     reference = dall_e.Decoder(n_hid=64, n_init=32, vocab_size=512)

@@ -234,6 +234,7 @@ class RunConfig:
     checkpoint_every: int = doc(1000, "optimizer steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = doc(2, "complete checkpoints kept; older ones are deleted")
     log_every: int = doc(10, "optimizer steps between metric lines")
+    compile: bool = doc(False, "torch.compile every Swin block (regional; compiles once per block shape at the start)")
 
     def __post_init__(self):
         _check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")

@@ -169,7 +169,8 @@ class WindowAttention(nn.Module):
         qkv = qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9).reshape(3, b, nt * nh * nw, heads, n, d)
         # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
         bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(heads, n, n)
-        out = window_attention(*qkv.unbind(0), bias, shift_mask)  # (B, nW, heads, N, d)
+        attn_bias = bias if shift_mask is None else shift_mask + bias  # (heads,N,N) or (nW,heads,N,N)
+        out = window_attention(qkv, attn_bias)  # (B, nW, heads, N, d)
 
         # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
         out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
@@ -303,6 +304,13 @@ class VideoSwinEncoder(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         for stage in self.layers:
             stage.use_checkpoint = enable
+
+    def compile_blocks(self):
+        """torch.compile every Swin block in place (regional compilation: blocks of one shape share
+        their compiled code, so compiling costs little; parameter names stay the same)."""
+        for stage in self.layers:
+            for block in stage.blocks:
+                block.compile()
 
     def forward_features(self, x, mask=None):
         """Video (B,3,T,H,W) or image (B,3,H,W) -> {"stage3": (B,T',H/16,W/16,4C),

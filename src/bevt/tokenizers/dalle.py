@@ -33,6 +33,9 @@ from bevt.tokenizers.base import Tokenizer, frozen_inference, read_tokenizer_jso
 
 LOGIT_LAPLACE_EPS = 0.1  # pixels are squeezed into [eps, 1 - eps] before the encoder
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# precision="auto": the fastest mode whose tokens agree with fp32 on >= 99.5% of cells, per device
+# (README, benchmarks/tokenizer.py: fp16 99.70% at 1.5x fp32 on an H100; bf16 only 97%, so fp32 on CPU).
+AUTO_PRECISION = {"cuda": "fp16"}
 NUM_GROUPS = 4  # three 2x poolings: one token per 8x8 pixels
 
 
@@ -133,7 +136,8 @@ class DalleDecoder(nn.Module):
 class DalleTokenizer(Tokenizer):
     """The DALL-E dVAE behind the `Tokenizer` interface, run without autograd.
 
-    `precision` ("fp32", "bf16", "fp16") sets the dtype the encoder computes in; `channels_last`
+    `precision` ("auto", "fp32", "bf16", "fp16") sets the dtype the encoder computes in ("auto":
+    AUTO_PRECISION of the input's device, else fp32, chosen at each encode); `channels_last`
     switches the convs to NHWC, which is faster on GPUs and on CPUs with oneDNN; `compile` runs the
     encoder through torch.compile (fuses the many ReLU / residual steps; about 1.6x on an H100, at
     ~15 s of compilation). The benchmark in benchmarks/tokenizer.py reports the speed and the token
@@ -144,7 +148,7 @@ class DalleTokenizer(Tokenizer):
         self,
         encoder: DalleEncoder,
         decoder: DalleDecoder | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         channels_last: bool = True,
         compile: bool = False,
     ):
@@ -160,10 +164,16 @@ class DalleTokenizer(Tokenizer):
             self.encoder.compile()  # in place: parameter names and state_dict stay the same
 
     def set_precision(self, precision: str) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} must be auto or one of {', '.join(PRECISIONS)}")
         self.precision = precision
-        self.encoder.to(PRECISIONS[precision])
+        if precision != "auto":
+            self.encoder.to(PRECISIONS[precision])
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype `encode` runs in on `device`."""
+        precision = AUTO_PRECISION.get(device.type, "fp32") if self.precision == "auto" else self.precision
+        return PRECISIONS[precision]
 
     @property
     def can_decode(self) -> bool:
@@ -172,8 +182,11 @@ class DalleTokenizer(Tokenizer):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) in [0, 1] -> (N, h/8, w/8) long."""
         self.check_pixels(pixels)
+        dtype = self.compute_dtype(pixels.device)
+        if self.encoder.head.weight.dtype != dtype:  # "auto" on a new kind of device: once
+            self.encoder.to(dtype)
         with frozen_inference(pixels.device):
-            x = map_pixels(pixels.to(PRECISIONS[self.precision]))
+            x = map_pixels(pixels.to(dtype))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             ids = self.encoder(x).argmax(dim=1)
@@ -204,7 +217,7 @@ class DalleTokenizer(Tokenizer):
         return write_tokenizer_json(directory, "dalle", config, files)
 
     @classmethod
-    def from_dir(cls, directory: str | Path, precision: str = "fp32", channels_last: bool = True,
+    def from_dir(cls, directory: str | Path, precision: str = "auto", channels_last: bool = True,
                  compile: bool = False) -> "DalleTokenizer":
         spec = read_tokenizer_json(directory)
         if spec["kind"] != "dalle":

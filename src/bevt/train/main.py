@@ -32,7 +32,7 @@ from bevt.distributed import (
 )
 from bevt.train.logging import RunLogger
 from bevt.train.loop import train as run_loop
-from bevt.train.optim import Schedule, build_ema, build_optimizer
+from bevt.train.optim import FUSED_ADAMW_DEVICES, Schedule, build_ema, build_optimizer
 from bevt.models.build import build_model
 from bevt.models.convert import load_checkpoint_file
 from bevt.tokenizers import load_tokenizer
@@ -250,9 +250,11 @@ def _train(cfg: Config, env: DistEnv, resume: str | None) -> Path:
         state, source_cfg = read_init_weights(cfg.run.init_from)
         task.init_weights(model, state, source_cfg)
     ema = build_ema(model, cfg.optim)
+    if cfg.run.compile:  # after the EMA copy, which stays eager
+        model.encoder.compile_blocks()
     model = wrap_model(model, env, cfg.run.parallel)
     # after wrapping: FSDP replaces the parameters by sharded ones, which the optimizer must hold
-    optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type == "cuda")
+    optimizer = build_optimizer(unwrap(model), cfg.optim, encoder_depths(unwrap(model)), fused=env.device.type in FUSED_ADAMW_DEVICES)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.run.precision == "fp16")
     seed_everything(cfg.run.seed, env.rank)  # from here on ranks draw different dropout / drop-path noise
     state = {"step": 0}

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Parameters that are not weights of a linear map: decaying them towards zero only hurts.
 NO_DECAY_NAMES = ("relative_position_bias_table", "mask_token", "pos_embed")
+# Devices whose parameters the trainer updates with the fused AdamW kernel.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.blocks\.(\d+)\.")
 _DOWNSAMPLE = re.compile(r"(?:^|\.)layers\.(\d+)\.downsample\.")
 
@@ -118,6 +120,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig, depths: tuple[int, ...]) ->
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, depths: tuple[int, ...], fused: bool = False):
+    """AdamW over `param_groups`; `fused` runs PyTorch's one-kernel-per-parameter update (devices
+    in FUSED_ADAMW_DEVICES), which on CPU also replaces ~6 small ops per parameter."""
     return torch.optim.AdamW(param_groups(model, cfg, depths), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 

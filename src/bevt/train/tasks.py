@@ -96,12 +96,16 @@ class PretrainTask:
         return self.streams[self.main_stream].batches_per_epoch
 
     def next_batch(self) -> dict:
-        return {name: to_device(next(stream), self.device) for name, stream in self.streams.items()}
+        """Every stream's batch on the device, plus its mask as the loader made it ("host_mask")."""
+        batches = {name: next(stream) for name, stream in self.streams.items()}
+        return {name: {**to_device(b, self.device), "host_mask": b["mask"]} for name, b in batches.items()}
 
     def add_targets(self, model: nn.Module, batch: dict) -> dict:
-        """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer."""
+        """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer for
+        the frames that hold masked cells (chosen on the host mask: no wait for the device)."""
         pretrainer = unwrap(model)
-        return {**batch, "targets": {name: pretrainer.target_tokens(b[f"{name}_tok"]) for name, b in batch.items()}}
+        targets = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["host_mask"]) for name, b in batch.items()}
+        return {**batch, "targets": targets}
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
         inputs = {f"{name}_batch": b for name, b in batch.items() if name != "targets"}
