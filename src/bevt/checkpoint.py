@@ -259,6 +259,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         check_writable(self.run_dir, "run.out", folder=True)
+        self.created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mine = self.path.with_name(f"{LOCK_FILE}.{self.owner['host']}.{self.owner['pid']}")
         mine.write_text(json.dumps(self.owner))
@@ -287,6 +288,8 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if _read_lock(self.path) == self.owner:
             self.path.unlink(missing_ok=True)
+        if self.created and not any(self.run_dir.iterdir()):  # a run that stopped before writing leaves no trace
+            self.run_dir.rmdir()
 
     def _why_stale(self, holder: dict) -> str | None:
         if holder.get("job") and holder.get("job") == self.owner["job"]:
