@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +310,18 @@ def test_data_images_accepts_a_video_folder(tmp_path):
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["image_tok"].shape == (2, 3, 16, 16)
     assert batch["mask"].shape == (2, 2, 2) and batch["skipped"] == []
+
+
+def test_a_folder_without_class_folders_holds_unlabelled_files(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not media")
+    found = load_annotations(str(tmp_path))
+    assert [Path(s.path).name for s in found.samples] == ["0.png", "1.png", "2.png"]
+    assert {s.label for s in found.samples} == {-1} and found.class_names is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="expected one sub-folder per class, or video / image files"):
+        load_annotations(str(empty))

@@ -217,11 +217,15 @@ def read_diving48_json(path: str, root: str, entries: list | None = None) -> Ann
 
 
 def scan_class_folders(root: str) -> Annotations:
-    """`root/<class>/**/<file>` for videos or images; classes are the sorted folder names."""
+    """`root/<class>/**/<file>` for videos or images; classes are the sorted folder names. A folder
+    without sub-folders holds unlabelled files (label -1): enough for pretraining and tokenizers."""
+    known = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
     class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not class_names:
-        raise DataError(f"{root}: expected one sub-folder per class, found none")
-    known = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+        files = sorted(entry.name for entry in os.scandir(root) if Path(entry.name).suffix.lower() in known)
+        if not files:
+            raise DataError(f"{root}: expected one sub-folder per class, or video / image files, found neither")
+        return Annotations(root, "folder", [Sample(os.path.join(root, name), -1, where=root) for name in files])
     samples = []
     for label, name in enumerate(class_names):
         for folder, subfolders, files in sorted(os.walk(os.path.join(root, name))):
