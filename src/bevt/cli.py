@@ -220,9 +220,11 @@ def _run_predict(args):
 
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the paper's Table 1 and 2 in miniature on the built-in benchmark")
-    p.add_argument("--quick", action="store_true", help="a 3-minute smoke version")
+    p.add_argument("--quick", action="store_true", help="a smoke version of every phase (2 seeds, minutes)")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 0,1,2; --quick 0,1)")
+    p.add_argument("--finetune-seeds", type=int, default=None,
+                   help="how many of the seeds (the first ones) are also finetuned (default 1; --quick 2)")
     return _run_demo
 
 
