@@ -1,6 +1,6 @@
-"""Diagnostics of a finished `bevt demo` run: what the video targets carry, and the tubelet symmetry.
+"""Diagnostics of `bevt demo`: what the video targets carry, the tubelet symmetry, interval coverage.
 
-Prints numbers, draws no conclusions. For one seed of the demo in DIR:
+Prints numbers, draws no conclusions. `run DIR --seed S`, for one seed of the demo in DIR:
 
 - the video targets, on temporal-task validation clips: the tokenizer's reconstruction PSNR on
   the moving object's pixels and on the background (the object is the only thing that moves, so
@@ -14,7 +14,11 @@ Prints numbers, draws no conclusions. For one seed of the demo in DIR:
   a tubelet cannot tell forward from backward; about 1 for independent random weights), where
   temporal finetuning started and, when that seed was finetuned, where it ended.
 
-    python benchmarks/demo_diagnostics.py demo_out --seed 0 --clips 48
+`coverage`: the share of simulated comparisons whose 95% interval (bevt/demo/stats.py) holds the
+true difference, per scenario (seeds, seed noise, clip noise; see `interval_coverage`).
+
+    python benchmarks/demo_diagnostics.py run demo_out --seed 0 --clips 48
+    python benchmarks/demo_diagnostics.py coverage --replicates 2000
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,12 +37,42 @@ from bevt.config import config_from_dict
 from bevt.data.datasets import load_annotations
 from bevt.data.decode import read_clip
 from bevt.data.transforms import to_video, tokenizer_view
+from bevt.demo.stats import paired_difference
 from bevt.masking import build_mask_generator, mask_to_token_grid
 from bevt.models import create_model
 from bevt.models.convert import inflate_patch_embed
 from bevt.tokenizers import load_tokenizer
 
 MOVING_PIXEL_THRESHOLD = 0.1  # a pixel this far from its clip's median (any channel, [0, 1]) shows the object
+# (seeds, seed effect sd, own clip effect) of the coverage scenarios
+COVERAGE_SCENARIOS = ((3, 0.08, 0.0), (3, 0.3, 0.0), (3, 0.0, 0.0), (1, 0.0, 0.0), (5, 0.05, 0.0), (3, 0.0, 1.0),
+                      (3, 0.03, 1.0))
+
+
+def interval_coverage(rng: np.random.Generator, seeds: int, seed_sd: float, own_clip_effect: float,
+                      replicates: int, clips: int = 150) -> float:
+    """Share of simulated comparisons whose interval holds the true expected difference.
+
+    Per clip i and seed s the probability that A (B) is right is 0.65 (0.55) + a seed effect (sd
+    `seed_sd`, drawn per method) + the clip's difficulty (uniform +-0.3, shared by A and B) +
+    `own_clip_effect` x a difficulty of the clip for that method alone, clipped to [0.01, 0.99];
+    correctness is drawn from it. The truth is the expectation over seeds and clips (Monte Carlo).
+    """
+    def chance(base, seed_effect, shared, own):
+        return np.clip(base + seed_effect + shared + own_clip_effect * own, 0.01, 0.99)
+
+    u = rng.normal(0, seed_sd, (2, 1_000_000))
+    w = rng.uniform(-0.3, 0.3, (3, 1_000_000))
+    truth = 100 * (chance(0.65, u[0], w[0], w[1]) - chance(0.55, u[1], w[0], w[2])).mean()
+    hits = 0
+    for _ in range(replicates):
+        w = rng.uniform(-0.3, 0.3, (3, clips))
+        u_a, u_b = rng.normal(0, seed_sd, (2, seeds, 1))
+        a = rng.random((seeds, clips)) < chance(0.65, u_a, w[0], w[1])
+        b = rng.random((seeds, clips)) < chance(0.55, u_b, w[0], w[2])
+        interval = paired_difference(a, b)
+        hits += interval["low"] <= truth <= interval["high"]
+    return hits / replicates
 
 
 def copy_from_nearest_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,32 +157,47 @@ def starting_embedding(run: dict | None, model_name: str, seed: int) -> torch.Te
     return state["encoder.patch_embed.proj.weight"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("demo", help="the demo's output directory (holds results.json)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips", type=int, default=48, help="temporal validation clips to tokenize")
-    args = parser.parse_args()
-    outputs = json.loads((Path(args.demo) / "results.json").read_text())["outputs"]
+def run_diagnostics(demo: str, seed: int, clip_count: int) -> None:
+    outputs = json.loads((Path(demo) / "results.json").read_text())["outputs"]
     bench, tokenizer = outputs["benchmark"], outputs["tokenizer"]
     runs = {name.split("pretrain ")[1].split(" ")[0]: output for name, output in outputs.items()
-            if name.startswith(f"seed {args.seed}: pretrain ")}
+            if name.startswith(f"seed {seed}: pretrain ")}
     if not runs:
-        raise SystemExit(f"{args.demo}: no pretraining of seed {args.seed}")
-    clips = [s.path for s in load_annotations(bench["paths"]["temporal_val"]).samples[: args.clips]]
-    targets = measure_targets(clips, tokenizer["path"], runs["BEVT"]["config"], args.seed)
-    print(f"video targets on {targets['clips']} temporal validation clips (seed {args.seed}'s masks):")
+        raise SystemExit(f"{demo}: no pretraining of seed {seed}")
+    clips = [s.path for s in load_annotations(bench["paths"]["temporal_val"]).samples[:clip_count]]
+    targets = measure_targets(clips, tokenizer["path"], runs["BEVT"]["config"], seed)
+    print(f"video targets on {targets['clips']} temporal validation clips (seed {seed}'s masks):")
     for key, value in targets.items():
         print(f"  {key:26s} {value:.4g}" if isinstance(value, float) else f"  {key:26s} {value}")
     print("tubelet asymmetry |W0 - W1| / |W0 + W1| of the video patch embedding (start -> end of temporal finetuning):")
     model_name = runs["BEVT"]["config"]["model"]["name"]
     for method, init in (("No pretraining", None), ("BEVT-I", "BEVT-I"), ("BEVT-V", "BEVT-V"), ("BEVT", "BEVT")):
-        start = tubelet_asymmetry(starting_embedding(runs.get(init), model_name, args.seed))
-        finetuned = Path(args.demo) / f"seed{args.seed}" / "finetune" / method / "temporal"
+        start = tubelet_asymmetry(starting_embedding(runs.get(init), model_name, seed))
+        finetuned = Path(demo) / f"seed{seed}" / "finetune" / method / "temporal"
         checkpoints = complete_checkpoints(finetuned) if finetuned.is_dir() else []
         end = (f"{tubelet_asymmetry(read_weights(checkpoints[-1])['encoder.patch_embed.proj.weight']):.3f}"
                if checkpoints else "not finetuned")
         print(f"  {method:15s} {start:.3f} -> {end}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    run = sub.add_parser("run", help="targets and tubelet symmetry of one seed of a finished demo")
+    run.add_argument("demo", help="the demo's output directory (holds results.json)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--clips", type=int, default=48, help="temporal validation clips to tokenize")
+    coverage = sub.add_parser("coverage", help="coverage of the paired 95% intervals on simulated accuracies")
+    coverage.add_argument("--replicates", type=int, default=2000)
+    args = parser.parse_args()
+    if args.what == "run":
+        run_diagnostics(args.demo, args.seed, args.clips)
+        return
+    rng = np.random.default_rng(0)
+    print("| seeds | seed effect sd | own clip effect | coverage of the 95% interval |")
+    print("|---:|---:|---:|---:|")
+    for seeds, seed_sd, own in COVERAGE_SCENARIOS:
+        print(f"| {seeds} | {seed_sd} | {own} | {interval_coverage(rng, seeds, seed_sd, own, args.replicates):.3f} |")
 
 
 if __name__ == "__main__":

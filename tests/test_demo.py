@@ -110,28 +110,6 @@ def test_one_seed_supports_no_ordering(tmp_path):
     assert "over 1 seeds" in "\n".join(title for title, _ in demo_report.tables(results))
 
 
-def _coverage(rng, seeds: int, seed_sd: float, video_effect: float, replicates: int, clips: int = 150) -> float:
-    """Share of replicates whose interval holds the true expected difference. Per clip i and seed s
-    the probability that A (B) is right is 0.65 (0.55) + a seed effect (sd `seed_sd`, per method)
-    + the clip's difficulty (shared by A and B) + `video_effect` x a difficulty of its own, clipped
-    to [0.01, 0.99]; the truth is the expectation over seeds and clips, by Monte Carlo."""
-    def chance(base, seed_effect, shared, own):
-        return np.clip(base + seed_effect + shared + video_effect * own, 0.01, 0.99)
-
-    u = rng.normal(0, seed_sd, (2, 1_000_000))
-    w = rng.uniform(-0.3, 0.3, (3, 1_000_000))
-    truth = 100 * (chance(0.65, u[0], w[0], w[1]) - chance(0.55, u[1], w[0], w[2])).mean()
-    hits = 0
-    for _ in range(replicates):
-        w = rng.uniform(-0.3, 0.3, (3, clips))
-        u_a, u_b = rng.normal(0, seed_sd, (2, seeds, 1))
-        a = rng.random((seeds, clips)) < chance(0.65, u_a, w[0], w[1])
-        b = rng.random((seeds, clips)) < chance(0.55, u_b, w[0], w[2])
-        interval = paired_difference(a, b)
-        hits += interval["low"] <= truth <= interval["high"]
-    return hits / replicates
-
-
 @pytest.mark.parametrize("seeds, seed_sd, video_effect, low, high", [
     (3, 0.08, 0.0, 0.92, 0.985),  # seed noise and clip noise of similar size
     (3, 0.3, 0.0, 0.92, 0.985),  # seed noise dominates: a t-interval over 3 seeds
@@ -140,7 +118,8 @@ def _coverage(rng, seeds: int, seed_sd: float, video_effect: float, replicates: 
     (3, 0.0, 1.0, 0.95, 1.0),  # clips differ between methods, seeds do not: conservative
 ])
 def test_paired_interval_has_its_coverage_on_simulated_accuracies(seeds, seed_sd, video_effect, low, high):
-    coverage = _coverage(np.random.default_rng(seeds * 100 + int(10 * seed_sd)), seeds, seed_sd, video_effect, 600)
+    rng = np.random.default_rng(seeds * 100 + int(10 * seed_sd))
+    coverage = _diagnostics().interval_coverage(rng, seeds, seed_sd, video_effect, 600)
     assert low <= coverage <= high
 
 

@@ -14,8 +14,7 @@ def _gaussian_classes(generator, n_per_class, means, noise=1.0):
 
 def test_probe_recovers_gaussian_classes_and_not_random_labels():
     generator = torch.Generator().manual_seed(0)
-    # 6 classes in 64 dimensions, means 3 noise-deviations apart, features on a large offset and
-    # scale (standardisation must handle it)
+    # 6 classes in 64 dimensions, means 3 noise-deviations apart, on an offset and a scale
     means = 3.0 * torch.randn(6, 64, generator=generator)
     train_x, train_y = _gaussian_classes(generator, 40, means)
     val_x, val_y = _gaussian_classes(generator, 40, means)

@@ -85,10 +85,10 @@ QUICK = DemoScale(
     seeds=(0, 1), finetune_seeds=2,
 )
 FULL = DemoScale(
-    size=64, frames=8, images_per_class=150, videos_per_class=96, labelled_per_class=48, val_videos_per_class=48,
+    size=64, frames=8, images_per_class=150, videos_per_class=96, labelled_per_class=48, val_videos_per_class=40,
     tokenizer_steps=600, codebook_size=32,
-    pretrain_steps={"BEVT-I": 300, "BEVT": 200, "BEVT-V": 250},
-    finetune_steps={"spatial": 300, "temporal": 720},
+    pretrain_steps={"BEVT-I": 200, "BEVT": 150, "BEVT-V": 150},
+    finetune_steps={"spatial": 240, "temporal": 640},
     seeds=(0, 1, 2), finetune_seeds=1,
 )
 
