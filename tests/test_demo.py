@@ -97,6 +97,10 @@ def test_report_states_spreads_and_only_what_the_intervals_support(tmp_path):
     # Table 2: the temporal task's drop without frame order, with its interval
     assert re.search(r"\| BEVT \| Temporal \(motion, like SSv2\) \| 82\.0 ± 2\.0 \| 17\.0 ± 0\.0 \| 16\.0 ± 0\.0 \| "
                      r"\+65\.0 \[\+[\d.]+, \+[\d.]+\] \|", report)
+    findings = demo_report.findings_markdown(results, "finetune").splitlines()
+    assert findings[2].startswith("| The video stream helps motion") and findings[2].endswith("| reproduced |")
+    assert findings[3].endswith("| not resolved at this scale |")  # BEVT - BEVT-V on appearance: 0
+    assert findings[5].endswith("| reproduced |")  # the temporal task collapses with a single frame
     assert "Seeds | 0, 1, 2 (pretraining and linear probes); finetuning: 0, 1, 2" in report
     assert "1 min 15.5 s | 80 s" in report and "masked_video.png" in report
     # no prose beyond what the numbers say: the old rule-based discussion is gone

@@ -224,7 +224,7 @@ def _add_demo(sub):
     p.add_argument("--out", default="demo_out")
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 0,1,2; --quick 0,1)")
     p.add_argument("--finetune-seeds", type=int, default=None,
-                   help="how many of the seeds (the first ones) are also finetuned (default 1; --quick 2)")
+                   help="how many of the seeds (the first ones) are also finetuned (default 1)")
     return _run_demo
 
 

@@ -80,9 +80,9 @@ class DemoScale:
 
 QUICK = DemoScale(
     size=64, frames=8, images_per_class=16, videos_per_class=12, labelled_per_class=8, val_videos_per_class=8,
-    tokenizer_steps=100, codebook_size=32,
-    pretrain_steps={"BEVT-I": 25, "BEVT": 20, "BEVT-V": 20}, finetune_steps={"spatial": 20, "temporal": 20},
-    seeds=(0, 1), finetune_seeds=2,
+    tokenizer_steps=60, codebook_size=32,
+    pretrain_steps={"BEVT-I": 15, "BEVT": 10, "BEVT-V": 10}, finetune_steps={"spatial": 15, "temporal": 15},
+    seeds=(0, 1), finetune_seeds=1,
 )
 FULL = DemoScale(
     size=64, frames=8, images_per_class=150, videos_per_class=96, labelled_per_class=48, val_videos_per_class=40,
