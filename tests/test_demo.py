@@ -111,7 +111,7 @@ def test_one_seed_supports_no_ordering(tmp_path):
     results = _results(tmp_path, finetune_seeds=(0,))
     rows = demo_report.comparison_rows(results, "finetune")
     assert {row["verdict"] for row in rows} == {"one seed: not resolved"}
-    assert "over 1 seeds" in "\n".join(title for title, _ in demo_report.tables(results))
+    assert "over 1 seed)" in "\n".join(title for title, _ in demo_report.tables(results))
 
 
 @pytest.mark.parametrize("seeds, seed_sd, video_effect, low, high", [

@@ -51,6 +51,10 @@ def mean_sd(values: list[float]) -> str:
     return f"{mean:.1f} ± {sd:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def interval_text(interval: dict) -> str:
     return f"{interval['difference']:+.1f} [{interval['low']:+.1f}, {interval['high']:+.1f}]"
 
@@ -142,12 +146,11 @@ def tables(results: dict) -> list[tuple[str, str]]:
     for kind in ("probe", "finetune"):
         if not results[kind]:
             continue
-        seeds = len(results[kind])
-        out += [(f"Table 1, {KIND_NAMES[kind]} (top-1 %, mean ± sd over {seeds} seeds)",
-                 table1_markdown(results, kind)),
-                (f"Comparisons, {KIND_NAMES[kind]} (top-1 points, {seeds} seeds)", comparison_markdown(results, kind)),
-                (f"Table 2, {KIND_NAMES[kind]} (top-1 %, {seeds} seeds)", table2_markdown(results, kind)),
-                (f"The paper's findings, {KIND_NAMES[kind]} ({seeds} seeds)", findings_markdown(results, kind))]
+        seeds = count(len(results[kind]), "seed")
+        out += [(f"Table 1, {KIND_NAMES[kind]} (top-1 %, mean ± sd over {seeds})", table1_markdown(results, kind)),
+                (f"Comparisons, {KIND_NAMES[kind]} (top-1 points, {seeds})", comparison_markdown(results, kind)),
+                (f"Table 2, {KIND_NAMES[kind]} (top-1 %, {seeds})", table2_markdown(results, kind)),
+                (f"The paper's findings, {KIND_NAMES[kind]} ({seeds})", findings_markdown(results, kind))]
     return out
 
 
