@@ -235,13 +235,38 @@ def _add_evaluate(sub):
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.val=test.txt eval.clips=10")
     p.add_argument("--out", default=None, help="directory for results.json and results.md")
     p.add_argument("--temporal-test", action="store_true", help="also single-frame and shuffled evaluation")
+    p.add_argument("--linear-probe", action="store_true",
+                   help="fit a linear classifier on the frozen encoder's features of data.train, score data.val "
+                        "(any pretraining or finetuned checkpoint)")
+    p.add_argument("--probe-l2", type=float, default=1e-3, help="L2 penalty of the linear probe (default 1e-3)")
     return _run_evaluate
 
 
 def _run_evaluate(args):
+    if args.linear_probe:
+        from bevt.eval.linear_probe import run_linear_probe
+
+        return run_linear_probe(args)
     from bevt.eval.classify import run_evaluate
 
     return run_evaluate(args)
+
+
+def _add_embed(sub):
+    p = sub.add_parser("embed", help="one pooled encoder feature per clip -> .safetensors (probing, retrieval)")
+    p.add_argument("inputs", nargs="+", help="video files, or one list / annotation file or class folder")
+    p.add_argument("--checkpoint", required=True, help="pretraining or finetuned checkpoint (or its run directory)")
+    p.add_argument("--out", required=True, help="output FILE.safetensors: features (N,C), labels (N,), paths in metadata")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=None, help="videos per batch (default: the checkpoint's eval.batch_size)")
+    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: the checkpoint's data.workers)")
+    return _run_embed
+
+
+def _run_embed(args):
+    from bevt.eval.embed import run_embed
+
+    return run_embed(args)
 
 
 def _add_predict(sub):
@@ -261,9 +286,11 @@ def _run_predict(args):
 
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the paper's Table 1 and 2 in miniature on the built-in benchmark")
-    p.add_argument("--quick", action="store_true", help="a 3-minute smoke version")
+    p.add_argument("--quick", action="store_true", help="a smoke version of every phase (2 seeds, minutes)")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 0,1,2; --quick 0,1)")
+    p.add_argument("--finetune-seeds", type=int, default=None,
+                   help="how many of the seeds (the first ones) are also finetuned (default 1)")
     return _run_demo
 
 
@@ -308,6 +335,7 @@ VERBS = [
     _add_finetune,
     _add_evaluate,
     _add_predict,
+    _add_embed,
     _add_demo,
 ]
 
