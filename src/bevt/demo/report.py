@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-
-from bevt.demo.stats import mean_and_sd, paired_difference, verdict  # noqa: E402
-from bevt.train.logging import read_metrics  # noqa: E402
+from bevt.demo.stats import mean_and_sd, paired_difference, verdict
+from bevt.eval.visualize import pyplot
+from bevt.train.logging import read_metrics
 
 METHODS = ("No pretraining", "BEVT-I", "BEVT-V", "BEVT")
 PRETRAIN_DATA = {"No pretraining": "-", "BEVT-I": "images", "BEVT-V": "videos", "BEVT": "images + videos"}
@@ -208,6 +204,7 @@ def minutes(seconds: float) -> str:
 def plot_pretraining_curves(run_dirs: dict[str, str], out_png: Path, step_offsets: dict[str, int]) -> None:
     """Masked-token loss per stream over steps, one line per pretraining run; a run initialised
     from another starts at that run's last step (BEVT continues BEVT-I)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for name, run_dir in run_dirs.items():
         rows = read_metrics(run_dir)
