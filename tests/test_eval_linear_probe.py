@@ -44,3 +44,17 @@ def test_probe_is_deterministic_and_scores_every_mode():
     assert first["results"]["normal"]["top1"] > 90 > first["results"]["shuffled"]["top1"]
     assert len(first["results"]["normal"]["correct"]) == 40
     assert first["results"]["normal"]["top5"] == 100.0  # 4 classes: the top 5 hold all of them
+
+
+def test_the_fit_stops_where_autograd_finds_no_gradient():
+    """The probe's closed-form gradient is the objective's: at the returned weights, autograd's
+    gradient of cross-entropy + L2 vanishes (a wrong closed form stops elsewhere)."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(120, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (120,), generator=generator)
+    probe = fit_linear_probe(features, labels, num_classes=4, l2=1e-2)
+    weight, bias = probe.weight.clone().requires_grad_(), probe.bias.clone().requires_grad_()
+    x = (features - probe.mean) / probe.std
+    loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, labels) + 0.5 * 1e-2 * weight.pow(2).sum()
+    grads = torch.autograd.grad(loss, (weight, bias))
+    assert max(g.abs().max().item() for g in grads) < 1e-5

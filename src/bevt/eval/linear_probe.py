@@ -60,11 +60,17 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iterations, history_size=20,
                                   tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
+    targets = F.one_hot(labels, num_classes).double()
+
     def objective():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
+        """Cross-entropy + L2 and its gradient in closed form: (softmax - one-hot) of the logits
+        gives both, so evaluation needs no autograd (training's loop is the only backward)."""
+        with torch.no_grad():
+            logits = x @ weight.T + bias
+            residual = (logits.softmax(1) - targets) / len(x)  # (N,K): d(mean cross-entropy)/d(logits)
+            weight.grad = residual.T @ x + l2 * weight
+            bias.grad = residual.sum(0)
+            return F.cross_entropy(logits, labels) + 0.5 * l2 * weight.pow(2).sum()
 
     optimizer.step(objective)
     return LinearProbe(mean, std, weight.detach(), bias.detach())
