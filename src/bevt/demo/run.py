@@ -178,7 +178,7 @@ class PhaseRunner:
 
     def __init__(self, out: Path, settings: dict, total: int):
         self.out = out
-        self.settings = settings
+        self.settings = json.loads(json.dumps(settings))  # as results.json holds them: tuples become lists
         self.total = total
         self.path = out / "results.json"
         previous = json.loads(self.path.read_text()) if self.path.is_file() else {}

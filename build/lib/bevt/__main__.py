@@ -1,0 +1,3 @@
+from bevt.cli import main
+
+raise SystemExit(main())

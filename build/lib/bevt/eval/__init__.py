@@ -1,0 +1,1 @@
+"""Evaluation: multi-view classification, the temporal dependency test, and prediction on files."""

@@ -1,0 +1,351 @@
+"""Video Swin Transformer encoder shared by BEVT's image and video streams.
+
+Architecture from "Video Swin Transformer" (Liu et al., CVPR 2022) with the BEVT additions
+(section 3 of the BEVT paper): an image stream with its own 2D patch embedding that runs through
+the same blocks as a one-step clip, and one learnable mask token shared by both streams.
+
+Shapes: B batch, T frames, H/W pixels, T' = T/2 temporal patch steps, C = embed_dim; features
+between modules are channels last, (B,T',H',W',C).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bevt.models.window_attention import window_attention
+
+VIDEO_PATCH = (2, 4, 4)
+IMAGE_PATCH = (4, 4)
+# Added to the logits of token pairs that come from different regions of a shifted window;
+# the reference implementations use -100 (not -inf), so we do too for bit-level parity.
+SHIFT_MASK_VALUE = -100.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Window geometry: pure functions of shapes, cached so every forward reuses them.
+# ----------------------------------------------------------------------------------------------
+
+
+def clip_window(size, window, shift):
+    """Video Swin's rule: a window at least as large as the feature shrinks to it, unshifted."""
+    clipped_window = tuple(min(s, w) for s, w in zip(size, window))
+    clipped_shift = tuple(0 if s <= w else sh for s, w, sh in zip(size, window, shift))
+    return clipped_window, clipped_shift
+
+
+def released_image_window(size, window):
+    """The released BEVT image stream's windows: the full spatial window, never clipped, shifted
+    by half of it even where it covers the whole map (stage 4 at 7x7 rolls by 3)."""
+    _, h, w = size
+    if h % window[1] or w % window[2]:
+        raise ValueError(f"image_shift_mask='official' needs feature maps that are multiples of the "
+                         f"{window[1]}x{window[2]} window, as the released code does (no padding); got {h}x{w}")
+    return (1, window[1], window[2]), (0, window[1] // 2, window[2] // 2)
+
+
+def _offset_rows(offsets, table_window):
+    """Row of a (2t-1)(2h-1)(2w-1)-row bias table for relative offsets (..., 3), (t,h,w)-major."""
+    t, h, w = table_window
+    shifted = offsets + torch.tensor([t - 1, h - 1, w - 1], device="cpu")
+    return (shifted[..., 0] * (2 * h - 1) + shifted[..., 1]) * (2 * w - 1) + shifted[..., 2]
+
+
+def _window_coords(window):
+    """(N, 3) integer (t,h,w) coordinates of the tokens of a window, row-major."""
+    grids = torch.meshgrid(*(torch.arange(n, device="cpu") for n in window), indexing="ij")
+    return torch.stack(grids, -1).reshape(-1, 3)
+
+
+@functools.lru_cache(maxsize=128)
+def relative_position_index(window, table_window, reference_slicing, device):
+    """Bias-table row for each (query, key) pair of a window: a flat LongTensor (N*N,).
+
+    By default the offsets are those of the actual (possibly clipped) window. With
+    `reference_slicing` the first N rows/cols of the full-window index are taken instead, as the
+    reference implementations do; that is only geometrically right when the clipped window is a
+    row-major prefix of the full one (e.g. (d,7,7) or (1,h,7)).
+    """
+    with torch.inference_mode(False):  # a cached index must be usable by later autograd passes
+        n = math.prod(window)
+        coords = _window_coords(table_window if reference_slicing else window)
+        index = _offset_rows(coords[:, None, :] - coords[None, :, :], table_window)
+        return index[:n, :n].reshape(-1).to(device)
+
+
+@functools.lru_cache(maxsize=128)
+def shift_window_mask(padded_size, window, shift, device):
+    """Additive mask (nW, 1, N, N): 0 within a region of the rolled feature, -100 across regions.
+
+    After the cyclic roll a window can hold tokens from up to three far-apart regions per axis;
+    tokens attend only to tokens of their own region.
+    """
+    with torch.inference_mode(False):
+        labels = torch.zeros(padded_size, dtype=torch.long, device="cpu")
+        for axis, (size, w, s) in enumerate(zip(padded_size, window, shift)):
+            region = torch.zeros(size, dtype=torch.long, device="cpu")
+            region[size - w : size - s] = 1
+            region[size - s :] = 2
+            labels = labels * 3 + region.view([-1 if a == axis else 1 for a in range(3)])
+        windows = window_partition(labels[None, ..., None], window)[0, ..., 0]  # (nW, N)
+        different = windows[:, :, None] != windows[:, None, :]
+        mask = torch.zeros(different.shape, device="cpu").masked_fill_(different, SHIFT_MASK_VALUE)
+        return mask.unsqueeze(1).to(device)
+
+
+def window_partition(x, window):
+    """(B,T,H,W,C) -> (B, nW, N, C), windows and their tokens in (t,h,w) row-major order."""
+    b, t, h, w, c = x.shape
+    wt, wh, ww = window
+    x = x.view(b, t // wt, wt, h // wh, wh, w // ww, ww, c)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, wt * wh * ww, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> C channels -> LayerNorm; pads the input up to whole patches.
+
+    Conv3d with kernel = stride = (2,4,4) for videos, Conv2d with 4x4 for images.
+    """
+
+    def __init__(self, patch_size, embed_dim):
+        super().__init__()
+        conv = nn.Conv3d if len(patch_size) == 3 else nn.Conv2d
+        self.patch_size = patch_size
+        self.proj = conv(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x):  # (B,3,[T],H,W) -> (B,[T'],H/4,W/4,C)
+        pad = []
+        for size, patch in zip(reversed(x.shape[2:]), reversed(self.patch_size)):
+            pad += [0, -size % patch]
+        if any(pad):
+            x = F.pad(x, pad)
+        return self.norm(self.proj(x).movedim(1, -1))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention within (shifted) windows plus a learned relative-position bias.
+
+    Holds the parameters; the window layout comes from the stage, which computes it once per
+    input shape for all its blocks.
+    """
+
+    def __init__(self, dim, num_heads, window_size):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        t, h, w = window_size
+        rows = (2 * t - 1) * (2 * h - 1) * (2 * w - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x, window, shift, bias_index, shift_mask):
+        """x (B,T',H',W',C) normalised -> (B,T',H',W',C); `shift_mask` (nW,1,N,N) or None."""
+        b, t, h, w, c = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        (wt, wh, ww), n = window, math.prod(window)
+        padded = tuple(-(-s // ws) * ws for s, ws in zip((t, h, w), window))
+        nt, nh, nw = (p // ws for p, ws in zip(padded, window))
+        if padded != (t, h, w):  # pad tokens are zero before qkv, as in the references
+            x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
+        if shift_mask is not None:
+            x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
+
+        # qkv is per token, so project first; one copy then partitions the windows and lays
+        # q, k, v out as (3, B, nW, heads, N, d).
+        qkv = self.qkv(x).view(b, nt, wt, nh, wh, nw, ww, 3, heads, d)
+        qkv = qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9).reshape(3, b, nt * nh * nw, heads, n, d)
+        # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
+        bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(heads, n, n)
+        attn_bias = bias if shift_mask is None else shift_mask + bias  # (heads,N,N) or (nW,heads,N,N)
+        out = window_attention(qkv, attn_bias)  # (B, nW, heads, N, d)
+
+        # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
+        out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
+        out = out.reshape(b, *padded, c)
+        if shift_mask is not None:
+            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
+        if padded != (t, h, w):
+            out = out[:, :t, :h, :w]
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm transformer block: (shifted) window attention, then an MLP, each residual."""
+
+    def __init__(self, dim, num_heads, window_size, mlp_ratio, drop_path, shifted):
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, window, shift, bias_index, shift_mask):
+        x = x + self.drop_path(self.attn(self.norm1(x), window, shift, bias_index, shift_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """Spatial 2x downsampling: 2x2 neighbours concatenated (4C) -> LayerNorm -> Linear -> 2C."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):  # (B,T',H,W,C) -> (B,T',H/2,W/2,2C)
+        h, w = x.shape[2:4]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        # neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference checkpoints
+        x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """Blocks of one resolution, alternating regular and shifted windows, then `downsample`.
+
+    The stage computes the window geometry (clipped window and shift, bias index, shift mask)
+    once per forward for all its blocks; the encoder calls `downsample` itself because BEVT
+    needs the stage output before merging.
+    """
+
+    def __init__(self, dim, depth, num_heads, window_size, mlp_ratio, drop_path_rates, downsample,
+                 reference_bias_slicing):
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.reference_bias_slicing = reference_bias_slicing
+        self.use_checkpoint = False
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, mlp_ratio, drop_path_rates[i], shifted=i % 2 == 1)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x, released_image_windows=False):  # (B,T',H,W,C) -> same
+        """`released_image_windows`: windows of the released image stream (see
+        `released_image_window`), whose shift mask every block applies, the unshifted ones too."""
+        size = tuple(x.shape[1:4])
+        if released_image_windows:
+            window, shift = released_image_window(size, self.window_size)
+        else:
+            window, shift = clip_window(size, self.window_size, tuple(w // 2 for w in self.window_size))
+        bias_index = relative_position_index(window, self.window_size, self.reference_bias_slicing, x.device)
+        padded = tuple(-(-s // w) * w for s, w in zip(size, window))
+        mask = shift_window_mask(padded, window, shift, x.device) if any(shift) else None
+        for block in self.blocks:
+            if released_image_windows:  # rolled by 0: the mask applies to unshifted windows
+                args = (window, shift if block.shifted else (0, 0, 0), bias_index, mask)
+            else:
+                args = (window, shift, bias_index, mask if block.shifted else None)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, *args, use_reentrant=False)
+            else:
+                x = block(x, *args)
+        return x
+
+
+class VideoSwinEncoder(nn.Module):
+    """Video Swin backbone with BEVT's two streams (video and image) and a shared mask token.
+
+    `reference_bias_slicing=True` reproduces the reference implementations' bias lookup for
+    clipped windows (first N rows/cols of the full-window index), only needed for parity tests at
+    tiny input sizes; the default builds the bias for the actual window.
+
+    `image_shift_mask` chooses the image stream's windows: "standard" is 2D Swin (the shift mask
+    only in shifted blocks; a window covering the whole map is clipped and unshifted), "official"
+    is what the released BEVT code does and its checkpoints were trained with: the shift mask in
+    every block and stage 4 (7x7) rolled by 3. The video stream is the same either way.
+    """
+
+    def __init__(self, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=(8, 7, 7),
+                 mlp_ratio=4.0, drop_path_rate=0.0, use_checkpoint=False, reference_bias_slicing=False,
+                 image_shift_mask="standard"):
+        super().__init__()
+        if image_shift_mask not in ("standard", "official"):
+            raise ValueError(f"image_shift_mask={image_shift_mask!r} must be 'standard' or 'official'")
+        self.image_shift_mask = image_shift_mask
+        self.embed_dim = embed_dim
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.patch_embed = PatchEmbed(VIDEO_PATCH, embed_dim)
+        self.patch_embed_2d = PatchEmbed(IMAGE_PATCH, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        blocks = sum(depths)  # stochastic depth grows linearly from 0 to drop_path_rate
+        rates = [drop_path_rate * i / max(1, blocks - 1) for i in range(blocks)]
+        self.layers = nn.ModuleList(
+            SwinStage(
+                embed_dim * 2**i, depth, num_heads[i], window_size, mlp_ratio,
+                rates[sum(depths[:i]) : sum(depths[: i + 1])],
+                downsample=i < len(depths) - 1,
+                reference_bias_slicing=reference_bias_slicing,
+            )
+            for i, depth in enumerate(depths)
+        )
+        self.norm = nn.LayerNorm(self.num_features)
+        self.apply(_init_weights)
+        trunc_normal_(self.mask_token, std=0.02)
+        self.set_grad_checkpointing(use_checkpoint)
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each block in the backward pass instead of storing its activations."""
+        for stage in self.layers:
+            stage.use_checkpoint = enable
+
+    def compile_blocks(self):
+        """torch.compile every Swin block in place (regional compilation: blocks of one shape share
+        their compiled code, so compiling costs little; parameter names stay the same)."""
+        for stage in self.layers:
+            for block in stage.blocks:
+                block.compile()
+
+    def forward_features(self, x, mask=None):
+        """Video (B,3,T,H,W) or image (B,3,H,W) -> {"stage3": (B,T',H/16,W/16,4C),
+        "stage4": (B,T',H/32,W/32,8C)}, before the final norm; T' = 1 for images.
+
+        `mask`: bool, (B,T',H/4,W/4) for video or (B,H/4,W/4) for images; True positions get the
+        mask token after the patch-embedding LayerNorm.
+        """
+        released_image_windows = x.dim() == 4 and self.image_shift_mask == "official"
+        if x.dim() == 5:
+            x = self.patch_embed(x)  # (B,T',H/4,W/4,C)
+        else:
+            x = self.patch_embed_2d(x).unsqueeze(1)  # (B,1,H/4,W/4,C): a one-step clip
+            mask = None if mask is None else mask.unsqueeze(1)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        features = {}
+        for i, stage in enumerate(self.layers):
+            x = stage(x, released_image_windows)
+            features[f"stage{i + 1}"] = x
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return {"stage3": features["stage3"], "stage4": features["stage4"]}
+
+    def forward(self, x, mask=None):  # (B,3,[T],H,W) -> (B,8C)
+        """Pooled feature: final norm on stage 4, averaged over all positions."""
+        stage4 = self.norm(self.forward_features(x, mask)["stage4"])
+        return stage4.mean(dim=(1, 2, 3))
+
+
+def _init_weights(module):
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
