@@ -145,10 +145,12 @@ def test_phase_runner_reuses_finished_phases_for_the_same_settings(tmp_path, cap
         (directory / "made").write_text("x")
         return {"value": len(calls)}
 
-    assert demo.PhaseRunner(tmp_path, {"scale": 0}, total=1).run("phase", "p", work) == {"value": 1}
-    assert demo.PhaseRunner(tmp_path, {"scale": 0}, total=1).run("phase", "p", work) == {"value": 1}
+    # settings as the demo makes them: a dataclass's tuples, which results.json stores as lists
+    settings = {"scale": {"steps": (3, 4)}}
+    assert demo.PhaseRunner(tmp_path, settings, total=1).run("phase", "p", work) == {"value": 1}
+    assert demo.PhaseRunner(tmp_path, settings, total=1).run("phase", "p", work) == {"value": 1}
     assert len(calls) == 1 and "reused" in capsys.readouterr().out
-    assert demo.PhaseRunner(tmp_path, {"scale": 1}, total=1).run("phase", "p", work) == {"value": 2}
+    assert demo.PhaseRunner(tmp_path, {"scale": {"steps": (3, 5)}}, total=1).run("phase", "p", work) == {"value": 2}
 
 
 TINY = demo.DemoScale(

@@ -182,7 +182,7 @@ class PhaseRunner:
         self.total = total
         self.path = out / "results.json"
         previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        same = previous.get("settings") == settings
+        same = previous.get("settings") == self.settings
         self.previous_outputs = previous.get("outputs", {}) if same else {}
         self.previous_timings = {p["name"]: p for p in previous.get("phases", [])} if same else {}
         self.outputs: dict[str, dict] = {}
