@@ -1,3 +1,0 @@
-from bevt.cli import main
-
-raise SystemExit(main())

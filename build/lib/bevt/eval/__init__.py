@@ -1,1 +1,0 @@
-"""Evaluation: multi-view classification, the temporal dependency test, and prediction on files."""
