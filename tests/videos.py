@@ -112,15 +112,7 @@ def write_packed_avi(path, count: int) -> str:
         else:
             chunks.append((data, key))
         i += 1 + len(bs)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for t, (data, key) in enumerate(chunks):
-            packet = av.Packet(data)
-            packet.stream, packet.time_base, packet.dts, packet.pts = stream, Fraction(1, 25), t, t
-            packet.is_keyframe = key
-            container.mux(packet)
-    return str(path)
+    return _mux_mpeg4(path, chunks)
 
 
 def write_repeated_pts_mkv(path, count: int) -> str:
@@ -154,6 +146,11 @@ def write_corrupt_avi(path, count: int, broken: int) -> str:
     packets = mpeg4_packets(count, b_frames=0, gop=30)
     garbage = np.random.default_rng(0).integers(0, 256, len(packets[broken][0]), dtype=np.uint8).tobytes()
     packets[broken] = (garbage, packets[broken][1])
+    return _mux_mpeg4(path, packets)
+
+
+def _mux_mpeg4(path, packets) -> str:
+    """Write (bytes, is_keyframe) MPEG-4 packets into an AVI at 25 fps, one frame per packet."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
