@@ -170,7 +170,7 @@ def _check_report(out: Path) -> str:
     return report
 
 
-def test_demo_runs_end_to_end_at_a_tiny_scale(tmp_path, one_torch_thread):
+def test_demo_runs_end_to_end_at_a_tiny_scale(tmp_path, one_torch_thread, capsys):
     results = demo.run_all(tmp_path, TINY, seeds=(0, 1), finetune_seeds=1, quick=True)
     _check_report(tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -188,6 +188,14 @@ def test_demo_runs_end_to_end_at_a_tiny_scale(tmp_path, one_torch_thread):
     tasks = results["data"]["tasks"]
     assert tasks["temporal"]["labelled"] == 12 and tasks["temporal"]["pool"] == 18
     assert results["data"]["pretrain_videos"] == tasks["spatial"]["pool"] + tasks["temporal"]["pool"]
+    # finetuning a second seed later reuses every finished phase and runs only the new ones
+    capsys.readouterr()
+    again = demo.run_all(tmp_path, TINY, seeds=(0, 1), finetune_seeds=2, quick=True)
+    printed = capsys.readouterr().out
+    new_phases = [line for line in printed.splitlines() if line.endswith(" ...")]
+    assert len(new_phases) == len(demo.METHODS) + 1 and all("seed 1: finetune" in line for line in new_phases[:-1])
+    assert again["probe"] == results["probe"] and again["finetune"]["0"] == results["finetune"]["0"]
+    assert set(again["finetune"]) == {"0", "1"}
 
 
 @pytest.mark.slow
