@@ -88,6 +88,24 @@ def test_from_torchvision_matches_torchvision_outputs():
         assert (model(video) - reference(video)).abs().max() <= 1e-5
 
 
+def test_from_torchvision_matches_torchvision_gradients():
+    """The input gradient crosses every block's backward: the shifted blocks' token gathers and
+    the CPU attention kernel against torchvision's roll + partition under autograd."""
+    torch.manual_seed(0)
+    reference = torchvision_debug().eval()
+    model = create_model("debug", num_classes=5, reference_bias_slicing=True).eval()
+    load_strict(model, from_torchvision(reference.state_dict()), "test")
+    video, projection = torch.randn(2, 3, 8, 64, 64), torch.randn(5)
+    gradients = []
+    for network in (model, reference):
+        clip = video.clone().requires_grad_()
+        (network(clip) @ projection).sum().backward()
+        gradients.append(clip.grad)
+    ours, theirs = gradients
+    assert theirs.abs().max() > 1e-3
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+
+
 def test_the_added_image_embedding_sees_an_image_like_the_static_clip():
     converted = from_torchvision(torchvision_debug().state_dict())
     image = torch.randn(2, 3, 32, 32)

@@ -326,19 +326,20 @@ def test_geometry_cached_in_inference_mode_serves_training():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("head_dim", [8, 32])
 @pytest.mark.parametrize("batch, steps, shifted", [(3, 1, True), (5, 2, False), (2, 3, True), (2, 100, False)])
-def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shifted):
-    """`steps` (sample, window) pairs per backward step exercise the slicing."""
+def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shifted, head_dim):
+    """`steps` (sample, window) pairs per backward step exercise the slicing; windows of 32
+    tokens with head_dim 8 take the column-folded score matmuls, with 32 the broadcast ones."""
     windows, heads, n = 4, 3, 32
     monkeypatch.setattr(bevt.models.window_attention, "BACKWARD_STEP_FLOATS", steps * heads * n * n)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(batch, windows, heads, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(batch, windows, heads, n, head_dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
     bias = torch.randn(heads, n, n, dtype=torch.float64, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU).double() if shifted else None
-    grad = torch.randn(batch, windows, heads, n, 8, dtype=torch.float64)
-    attn_bias = bias if shift_mask is None else shift_mask + bias
-    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
-    scores = q @ k.transpose(-2, -1) / 8**0.5 + bias + (0 if shift_mask is None else shift_mask)
+    grad = torch.randn(batch, windows, heads, n, head_dim, dtype=torch.float64)
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), bias, shift_mask), (q, k, v, bias), grad)
+    scores = q @ k.transpose(-2, -1) / head_dim**0.5 + bias + (0 if shift_mask is None else shift_mask)
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v, (q, k, v, bias), grad)
     for mine, theirs in zip(ours, expected, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-10)
@@ -355,8 +356,7 @@ def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scal
     v, bias = torch.randn(2, 4, 2, 32, 16, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU)
     grad = torch.randn(2, 4, 2, 32, 16)
-    attn_bias = bias if shift_mask is None else shift_mask + bias
-    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), attn_bias), (q, k, v, bias), grad)
+    ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), bias, shift_mask), (q, k, v, bias), grad)
     scores = q.double() @ k.double().transpose(-2, -1) / 4 + bias.double() + shift_mask.double()
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v.double(), (q, k, v, bias), grad.double())
     for mine, theirs in zip(ours, expected, strict=True):

@@ -99,6 +99,35 @@ def shift_window_mask(padded_size, window, shift, device):
         return mask.unsqueeze(1).to(device)
 
 
+@functools.lru_cache(maxsize=128)
+def shifted_window_order(padded_size, window, shift, device):
+    """Token permutation of a shifted block: for each position of the shifted windows (windows
+    and their tokens row-major), the flat (t,h,w) index of the padded feature it holds, and the
+    inverse permutation. One gather by it replaces the cyclic roll (one copy per rolled axis)
+    plus the window partition, forward and backward."""
+    with torch.inference_mode(False):
+        grid = torch.arange(math.prod(padded_size), device="cpu").view(padded_size)
+        rolled = torch.roll(grid, shifts=[-s for s in shift], dims=(0, 1, 2))
+        order = window_partition(rolled[None, ..., None], window).reshape(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel())
+        return order.to(device), inverse.to(device)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """`x.index_select(1, order)` for a permutation `order` of dim 1, whose backward is the gather
+    by the inverse permutation: index_select's own backward would scatter-add into zeros."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.inverse = inverse
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.index_select(1, ctx.inverse), None, None
+
+
 def window_partition(x, window):
     """(B,T,H,W,C) -> (B, nW, N, C), windows and their tokens in (t,h,w) row-major order."""
     b, t, h, w, c = x.shape
@@ -158,25 +187,28 @@ class WindowAttention(nn.Module):
         (wt, wh, ww), n = window, math.prod(window)
         padded = tuple(-(-s // ws) * ws for s, ws in zip((t, h, w), window))
         nt, nh, nw = (p // ws for p, ws in zip(padded, window))
+        windows = nt * nh * nw
         if padded != (t, h, w):  # pad tokens are zero before qkv, as in the references
             x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
-        if shift_mask is not None:
-            x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
-
-        # qkv is per token, so project first; one copy then partitions the windows and lays
-        # q, k, v out as (3, B, nW, heads, N, d).
-        qkv = self.qkv(x).view(b, nt, wt, nh, wh, nw, ww, 3, heads, d)
-        qkv = qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9).reshape(3, b, nt * nh * nw, heads, n, d)
+        rolled = shift_mask is not None and any(shift)
         # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
         bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(heads, n, n)
-        attn_bias = bias if shift_mask is None else shift_mask + bias  # (heads,N,N) or (nW,heads,N,N)
-        out = window_attention(qkv, attn_bias)  # (B, nW, heads, N, d)
 
-        # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
-        out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
-        out = out.reshape(b, *padded, c)
-        if shift_mask is not None:
-            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
+        if rolled:
+            # one gather takes the tokens of the rolled grid in window order: (B, nW*N, C)
+            order, inverse = shifted_window_order(padded, window, shift, x.device)
+            x = _GatherTokens.apply(x.reshape(b, -1, c), order, inverse)
+            qkv = self.qkv(x).view(b, windows, n, 3, heads, d).permute(3, 0, 1, 4, 2, 5)
+        else:
+            # qkv is per token, so project first; one copy then partitions the windows
+            qkv = self.qkv(x).view(b, nt, wt, nh, wh, nw, ww, 3, heads, d).permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9)
+        out = window_attention(qkv.reshape(3, b, windows, heads, n, d), bias, shift_mask)  # (B, nW, heads, N, d)
+
+        if rolled:  # tokens back to grid order: one copy to (B, nW*N, C), one gather
+            out = _GatherTokens.apply(out.transpose(2, 3).reshape(b, -1, c), inverse, order).view(b, *padded, c)
+        else:  # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
+            out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
+            out = out.reshape(b, *padded, c)
         if padded != (t, h, w):
             out = out[:, :t, :h, :w]
         return self.proj(out)

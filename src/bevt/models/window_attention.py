@@ -1,6 +1,6 @@
 """Attention inside Swin windows with an additive bias (relative-position bias, plus the shift mask).
 
-`window_attention(qkv, attn_bias)` is what every Swin block calls. It runs PyTorch's
+`window_attention(qkv, bias, shift_mask)` is what every Swin block calls. It runs PyTorch's
 `scaled_dot_product_attention` everywhere except in CPU training, where it runs
 `_CpuWindowAttention`: SDPA's fused CPU kernel returns no gradient for its additive mask, so
 whenever the relative-position bias table trains, SDPA falls back to its unfused math path,
@@ -28,17 +28,17 @@ LOG_PROB_FLOOR = -80.0
 USE_CPU_KERNEL = True
 
 
-def window_attention(qkv, attn_bias):
-    """softmax(q k^T / sqrt(d) + attn_bias) v in every window.
+def window_attention(qkv, bias, shift_mask=None):
+    """softmax(q k^T / sqrt(d) + bias [+ shift_mask]) v in every window.
 
     qkv (3, B, nW, heads, N, d), q, k, v stacked so their gradient is one tensor (no copy to
-    stack three); attn_bias (heads, N, N) (the relative-position bias) or (nW, heads, N, N)
-    (plus each window's shift mask) -> (B, nW, heads, N, d).
+    stack three); bias (heads, N, N), the relative-position bias; shift_mask (nW, 1, N, N) or
+    None, constant -> (B, nW, heads, N, d).
     """
-    if (USE_CPU_KERNEL and qkv.device.type == "cpu" and attn_bias.requires_grad and torch.is_grad_enabled()
+    if (USE_CPU_KERNEL and qkv.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):  # compiled, SDPA's graph is what the compiler fuses
-        return _CpuWindowAttention.apply(qkv, attn_bias)
-    out, _ = _fused_attention(qkv, attn_bias, F.scaled_dot_product_attention)
+        return _CpuWindowAttention.apply(qkv, bias, shift_mask)
+    out, _ = _fused_attention(qkv, bias if shift_mask is None else shift_mask + bias, F.scaled_dot_product_attention)
     return out
 
 
@@ -62,54 +62,74 @@ def _fused_attention(qkv, attn_bias, kernel):
 class _CpuWindowAttention(torch.autograd.Function):
     """SDPA's fused CPU kernel forward (it also returns the softmax log-normaliser); the backward
     recomputes the probabilities for a bounded number of (sample, window) pairs at a time, so
-    nothing (N,N)-sized is kept between forward and backward but the bias itself.
+    nothing (N,N)-sized is kept between forward and backward; the shift mask stays separate from
+    the bias, so the bias gradient is (heads,N,N) however many windows there are.
 
     The backward recomputes the exact probabilities, shift mask included (with large logits a
     -100 mask does not mask, and the forward's softmax keeps those entries), with those below
     exp(LOG_PROB_FLOOR) set to 0 (see there). Each (N,N) temporary is touched by as few passes
-    as it can be: the log-normaliser and rowsum(dO * O) ride in the matmuls (baddbmm with a
-    broadcast (rows,N,1) input), the softmax scale in their alpha.
+    as it can be: the log-normaliser and rowsum(dO * O) enter the two score matmuls as one extra
+    column of their operands ([scale q, -lse] [k, 1]^T = scale q k^T - lse), so no pass subtracts
+    them and no broadcast copy fills a matmul's input.
     """
 
     @staticmethod
-    def forward(ctx, qkv, attn_bias):
+    def forward(ctx, qkv, bias, shift_mask):
+        attn_bias = bias if shift_mask is None else shift_mask + bias
         out, logsumexp = _fused_attention(qkv, attn_bias, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
-        ctx.save_for_backward(qkv, attn_bias, out, logsumexp)
+        ctx.save_for_backward(qkv, bias, shift_mask, out, logsumexp)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qkv, attn_bias, out, logsumexp = ctx.saved_tensors
+        qkv, bias, shift_mask, out, logsumexp = ctx.saved_tensors
         q, k, v = qkv.unbind(0)
         _, batch, windows, heads, n, d = qkv.shape
         scale = d**-0.5
-        per_window = attn_bias.dim() == 4
         neg_logsumexp = logsumexp.unsqueeze(-1).neg().to(qkv.dtype)  # (B,nW,heads,N,1)
-        row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B,nW,heads,N,1): rowsum(dO * O)
+        neg_row_dot = (grad_out * out).sum(-1, keepdim=True).neg_()  # (B,nW,heads,N,1): -rowsum(dO * O)
+        # Where the (N,N) temporaries outsize the (N,d) operands, the two (N,1) terms enter the
+        # score matmuls as one more column of their operands: [scale q, -lse] [k, 1]^T =
+        # scale q k^T - lse and [dO, -rowsum] [v, 1]^T = dP - rowsum, which costs a pass over
+        # q, k, v, dO instead of a broadcast fill of each (N,N) matmul output.
+        column_fold = n > 2 * d
+        if column_fold:
+            ones = qkv.new_ones(()).expand(*q.shape[:-1], 1)
+            q_lse = torch.cat([q * scale, neg_logsumexp], dim=-1)
+            k_ones, v_ones = torch.cat([k, ones], dim=-1), torch.cat([v, ones], dim=-1)
+            grad_rowsum = torch.cat([grad_out, neg_row_dot], dim=-1)
         grad_qkv = qkv.new_empty(qkv.shape)  # contiguous, so this step's slices view into it
         grad_q, grad_k, grad_v = grad_qkv.unbind(0)
-        grad_bias = torch.zeros(attn_bias.shape, dtype=torch.promote_types(attn_bias.dtype, torch.float32))
+        grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
         window_step = max(1, BACKWARD_STEP_FLOATS // (heads * n * n))
         batch_step = max(1, window_step // windows)
-        for b0 in range(0, batch, batch_step):
-            for w0 in range(0, windows, window_step):
-                bs, ws = slice(b0, b0 + batch_step), slice(w0, w0 + window_step)
-                step_windows = min(w0 + window_step, windows) - w0
-                # this step's (samples*windows*heads, N, .) slices as 3-D batches
-                qs, ks, vs, gos = (t[bs, ws].flatten(0, 2) for t in (q, k, v, grad_out))
+        for w0 in range(0, windows, window_step):
+            ws = slice(w0, w0 + window_step)
+            # bias (+ each window's shift mask) of this step's windows: (windows or 1, heads, N, N)
+            step_bias = bias.unsqueeze(0) if shift_mask is None else shift_mask[ws] + bias
+            for b0 in range(0, batch, batch_step):
+                bs = slice(b0, b0 + batch_step)
+
+                def rows(t):  # this step's (samples*windows*heads, N, .) slice as a 3-D batch
+                    return t[bs, ws].flatten(0, 2)
+
+                qs, ks, vs, gos = rows(q), rows(k), rows(v), rows(grad_out)
                 # log-probabilities: scale * q k^T - logsumexp + bias (+ shift mask)
-                scores = torch.baddbmm(neg_logsumexp[bs, ws].flatten(0, 2), qs, ks.transpose(1, 2), alpha=scale)
-                scores.view(-1, step_windows, heads, n, n).add_(attn_bias[ws] if per_window else attn_bias)
-                probs = F.threshold_(scores, LOG_PROB_FLOOR, -math.inf).exp_()  # the forward's softmax
-                torch.bmm(probs.transpose(1, 2), gos, out=grad_v[bs, ws].flatten(0, 2))
-                # d(scores) = P * (dP - rowsum(dO * O)); summed over samples (and windows), d(bias)
-                grad_scores = torch.baddbmm(row_dot[bs, ws].flatten(0, 2), gos, vs.transpose(1, 2), beta=-1).mul_(probs)
-                step_sum = grad_scores.view(-1, step_windows, heads, n, n).sum(0)
-                if per_window:
-                    grad_bias[ws] += step_sum
+                if column_fold:
+                    scores = torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2))
                 else:
-                    grad_bias += step_sum.sum(0)
-                grad_q_step, grad_k_step = grad_q[bs, ws].flatten(0, 2), grad_k[bs, ws].flatten(0, 2)
+                    scores = torch.baddbmm(rows(neg_logsumexp), qs, ks.transpose(1, 2), alpha=scale)
+                scores.view(-1, *step_bias.shape).add_(step_bias)
+                probs = F.threshold_(scores, LOG_PROB_FLOOR, -math.inf).exp_()  # the forward's softmax
+                torch.bmm(probs.transpose(1, 2), gos, out=rows(grad_v))
+                # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
+                if column_fold:
+                    grad_scores = torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2))
+                else:
+                    grad_scores = torch.baddbmm(rows(neg_row_dot), gos, vs.transpose(1, 2))
+                grad_scores.mul_(probs)
+                grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
+                grad_q_step, grad_k_step = rows(grad_q), rows(grad_k)
                 torch.baddbmm(grad_q_step, grad_scores, ks, beta=0, alpha=scale, out=grad_q_step)
                 torch.baddbmm(grad_k_step, grad_scores.transpose(1, 2), qs, beta=0, alpha=scale, out=grad_k_step)
-        return grad_qkv, grad_bias.to(attn_bias.dtype)
+        return grad_qkv, grad_bias.to(bias.dtype), None
