@@ -105,6 +105,14 @@ def test_bad_recipes_and_overrides(capsys, argv, message):
     assert code == 2 and message in one_line_error(err)
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".json"])
+def test_a_garbage_annotation_file(capsys, tmp_path, garbage, suffix):
+    listing = tmp_path / f"train{suffix}"
+    listing.write_bytes(garbage.read_bytes())
+    code, err = run(capsys, "data", "check", listing)
+    assert code == 2 and f"{listing} (or its class-name file) is not UTF-8 text" in one_line_error(err)
+
+
 def test_a_garbage_recipe_file(capsys, garbage):
     code, err = run(capsys, "pretrain", "--config", garbage)
     assert code == 2 and f"{garbage}: not a YAML recipe" in one_line_error(err)

@@ -78,14 +78,18 @@ def load_annotations(path: str, root: str | None = None, labels: str | None = No
         raise DataError(f"annotation file not found: {path}")
     root = root if root is not None else os.path.dirname(os.path.abspath(path))
     suffix = Path(path).suffix.lower()
-    if suffix == ".csv":
-        return read_kinetics_csv(path, root, labels)
-    if suffix == ".json":
-        entries = _read_json(path)
-        if entries and isinstance(entries[0], dict) and "vid_name" in entries[0]:
-            return read_diving48_json(path, root, entries)
-        return read_ssv2_json(path, root, labels, entries)
-    return read_list_file(path, root, labels)
+    try:
+        if suffix == ".csv":
+            return read_kinetics_csv(path, root, labels)
+        if suffix == ".json":
+            entries = _read_json(path)
+            if entries and isinstance(entries[0], dict) and "vid_name" in entries[0]:
+                return read_diving48_json(path, root, entries)
+            return read_ssv2_json(path, root, labels, entries)
+        return read_list_file(path, root, labels)
+    except UnicodeDecodeError as error:  # a video or archive given where a text file belongs
+        raise DataError(f"{path} (or its class-name file) is not UTF-8 text: {error.reason} at byte "
+                        f"{error.start}; annotation files are text (list, Kinetics CSV, SSv2 / Diving48 json)") from None
 
 
 def read_list_file(path: str, root: str, class_file: str | None = None) -> Annotations:
