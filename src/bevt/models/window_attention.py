@@ -20,10 +20,13 @@ import torch.nn.functional as F
 # Elements of the (heads,N,N) temporaries the CPU attention backward handles per step: 16 MB,
 # few enough steps and below glibc's mmap threshold (32 MB), so buffers are reused without page faults.
 BACKWARD_STEP_FLOATS = 2**22
-# Probabilities below exp(-80) (a normal float32) are set to 0 in the CPU backward: exp of
-# smaller logits takes float32 exp's slow path, and tiny values make denormal products in the
-# matmuls after it (raising them to the floor instead made the backbone 1.6x slower)
+# Probabilities below exp(-80) (a normal float32) are set to 0 in the CPU backward: tiny values
+# make denormal products in the matmuls after it (keeping exp(-80) instead made the backbone
+# 1.6x slower). The log-probabilities are raised to the floor before exp and the floor's value
+# zeroed after it: exp of smaller logits, and of -inf, takes float32 exp's slow path (an
+# exp over 16% masked entries ran 4x slower than clamp + exp + threshold).
 LOG_PROB_FLOOR = -80.0
+PROB_FLOOR = math.exp(LOG_PROB_FLOOR)
 # The benchmark switches this off to time SDPA's own CPU path side by side.
 USE_CPU_KERNEL = True
 
@@ -103,6 +106,9 @@ class _CpuWindowAttention(torch.autograd.Function):
         grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
         window_step = max(1, BACKWARD_STEP_FLOATS // (heads * n * n))
         batch_step = max(1, window_step // windows)
+        # every step's two (N,N) temporaries reuse two buffers of at most BACKWARD_STEP_FLOATS
+        step_shape = (min(batch_step, batch) * min(window_step, windows) * heads, n, n)
+        score_buffer, grad_buffer = qkv.new_empty(step_shape), qkv.new_empty(step_shape)
         for w0 in range(0, windows, window_step):
             ws = slice(w0, w0 + window_step)
             # bias (+ each window's shift mask) of this step's windows: (windows or 1, heads, N, N)
@@ -115,18 +121,19 @@ class _CpuWindowAttention(torch.autograd.Function):
 
                 qs, ks, vs, gos = rows(q), rows(k), rows(v), rows(grad_out)
                 # log-probabilities: scale * q k^T - logsumexp + bias (+ shift mask)
+                scores, grad_scores = score_buffer[: len(qs)], grad_buffer[: len(qs)]
                 if column_fold:
-                    scores = torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2))
+                    torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2), out=scores)
                 else:
-                    scores = torch.baddbmm(rows(neg_logsumexp), qs, ks.transpose(1, 2), alpha=scale)
+                    torch.baddbmm(rows(neg_logsumexp), qs, ks.transpose(1, 2), alpha=scale, out=scores)
                 scores.view(-1, *step_bias.shape).add_(step_bias)
-                probs = F.threshold_(scores, LOG_PROB_FLOOR, -math.inf).exp_()  # the forward's softmax
+                probs = F.threshold_(scores.clamp_min_(LOG_PROB_FLOOR).exp_(), PROB_FLOOR, 0.0)  # the forward's softmax
                 torch.bmm(probs.transpose(1, 2), gos, out=rows(grad_v))
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
                 if column_fold:
-                    grad_scores = torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2))
+                    torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2), out=grad_scores)
                 else:
-                    grad_scores = torch.baddbmm(rows(neg_row_dot), gos, vs.transpose(1, 2))
+                    torch.baddbmm(rows(neg_row_dot), gos, vs.transpose(1, 2), out=grad_scores)
                 grad_scores.mul_(probs)
                 grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
                 grad_q_step, grad_k_step = rows(grad_q), rows(grad_k)
