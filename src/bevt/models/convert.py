@@ -44,17 +44,34 @@ _PREFIXES = ("module.", "backbone.", "encoder.")
 _BUFFERS = ("relative_position_index", "attn_mask")
 # BEVT pretraining parts (decoders, token head, frozen dVAE) that are not part of the encoder.
 _PRETRAINING_ONLY = ("lm_down.", "lm_down_st.", "fpn.", "fpn_s.", "fpn_t.", "cls_head.lm_head.", "cls_head.vae_encoder.")
-# Released pretraining module (prefixes stripped) -> BEVTPretrainer module.
+# bevt module prefix -> the released model's (mmaction2 recogniser: `backbone`, `cls_head`). The
+# encoder's own names (patch_embed, patch_embed_2d, mask_token, layers.i.blocks.j, layers.i.downsample,
+# norm) are the released ones; the decoders and heads sit elsewhere there.
+RELEASED_PREFIXES = (
+    ("encoder.", "backbone."),
+    ("image_decoder.upsample.", "backbone.fpn.0."),
+    ("image_decoder.fuse.", "backbone.lm_down."),
+    ("video_decoder.upsample.", "backbone.fpn_s.0."),
+    ("video_decoder.fuse.", "backbone.lm_down_st.0."),
+    ("video_decoder.temporal_upsample.", "backbone.fpn_t.0."),
+    ("token_head.", "cls_head.lm_head."),
+    ("head.", "cls_head.fc_cls."),
+)
+# Released pretraining module (`backbone.` stripped) -> BEVTPretrainer module.
 _PRETRAINING_MODULES = {
-    "fpn.0.": "image_decoder.upsample.",
-    "lm_down.": "image_decoder.fuse.",
-    "fpn_s.0.": "video_decoder.upsample.",
-    "lm_down_st.0.": "video_decoder.fuse.",
-    "fpn_t.0.": "video_decoder.temporal_upsample.",
-    "cls_head.lm_head.": "token_head.",
+    theirs.removeprefix("backbone."): ours for ours, theirs in RELEASED_PREFIXES
+    if ours.startswith(("image_decoder.", "video_decoder.", "token_head."))
 }
 _DVAE = "cls_head.vae_encoder."
 _TABLE = "relative_position_bias_table"
+
+
+def released_name(name: str) -> str:
+    """The name a bevt parameter has in the released model (names without a counterpart are kept)."""
+    for ours, theirs in RELEASED_PREFIXES:
+        if name.startswith(ours):
+            return theirs + name.removeprefix(ours)
+    return name
 
 
 # ----------------------------------------------------------------------------------------------

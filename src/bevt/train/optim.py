@@ -28,6 +28,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from bevt.config import OptimConfig
+from bevt.models.convert import released_name
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +38,6 @@ NO_DECAY_NAMES = ("relative_position_bias_table", "mask_token", "pos_embed")
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.blocks\.(\d+)\.")
 _DOWNSAMPLE = re.compile(r"(?:^|\.)layers\.(\d+)\.downsample\.")
-
-# bevt module prefix -> the released model's (mmaction2 recogniser: `backbone`, `cls_head`). The
-# encoder's own names (patch_embed, patch_embed_2d, mask_token, layers.i.blocks.j, layers.i.downsample,
-# norm) are the released ones; the decoders and heads sit elsewhere there.
-RELEASED_PREFIXES = (
-    ("encoder.", "backbone."),
-    ("image_decoder.upsample.", "backbone.fpn.0."),
-    ("image_decoder.fuse.", "backbone.lm_down."),
-    ("video_decoder.upsample.", "backbone.fpn_s.0."),
-    ("video_decoder.fuse.", "backbone.lm_down_st.0."),
-    ("video_decoder.temporal_upsample.", "backbone.fpn_t.0."),
-    ("token_head.", "cls_head.lm_head."),
-    ("head.", "cls_head.fc_cls."),
-)
-
 
 def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Weight matrices and conv kernels decay; norms, biases, bias tables and tokens do not."""
@@ -72,14 +58,6 @@ def swin_layer_id(name: str, depths: tuple[int, ...]) -> int:
     if match := _DOWNSAMPLE.search(name):
         return sum(depths[: int(match[1]) + 1])
     return sum(depths) + 1
-
-
-def released_name(name: str) -> str:
-    """The name a bevt parameter has in the released model (names without a counterpart are kept)."""
-    for ours, theirs in RELEASED_PREFIXES:
-        if name.startswith(ours):
-            return theirs + name.removeprefix(ours)
-    return name
 
 
 def official_multipliers(name: str, cfg: OptimConfig) -> tuple[float, float]:
