@@ -135,7 +135,7 @@ def count_flops(model, task, precision, device):
     total = counter.get_total_flops()
     with FlopCounterMode(display=False) as tokenizer_counter:
         for stream in ("image", "video"):
-            model.target_tokens(batch[stream][f"{stream}_tok"], batch[stream]["host_mask"])
+            model.target_tokens(batch[stream][f"{stream}_tok"], batch[stream]["host_mask"].mask)
     return total - tokenizer_counter.get_total_flops(), total
 
 

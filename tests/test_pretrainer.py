@@ -1,10 +1,11 @@
 import pytest
 import torch
+from torch.distributed.utils import _to_kwargs
 
 from bevt.masking import build_mask_generator
 from bevt.models import create_model
 from bevt.models.decoders import ImageDecoder, VideoDecoder
-from bevt.models.pretrainer import NOT_A_TARGET, BEVTPretrainer
+from bevt.models.pretrainer import NOT_A_TARGET, BEVTPretrainer, HostMask
 from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
 
 VOCAB = 64
@@ -104,6 +105,22 @@ def test_only_frames_with_masked_cells_are_tokenized_and_the_loss_is_unchanged()
     assert torch.equal(pretrainer(image_batch, video_batch)["loss"], reference["loss"])  # tokenized inside
     with pytest.raises(ValueError, match="does not match the token grid"):
         pretrainer.target_tokens(video_batch["video_tok"], video_batch["mask"][:, :2])
+
+
+def test_the_host_mask_stays_on_the_host_when_ddp_moves_the_inputs():
+    """DDP and FSDP move every tensor of a forward's inputs to the device (here "meta", so the
+    test runs on a CPU); the host mask must stay, or picking the masked cells waits for a GPU."""
+    _, video_batch = _batches(frames=8)
+    batch = {**video_batch, "host_mask": HostMask(video_batch["mask"])}
+    _, (moved,) = _to_kwargs((), {"video_batch": batch}, torch.device("meta"), False)  # as model(**inputs)
+    assert moved["video_batch"]["video"].device.type == "meta"
+    assert moved["video_batch"]["host_mask"].mask.device.type == "cpu"
+    # and the loss picks the same cells from it as from the device mask
+    pretrainer = _pretrainer()
+    torch.manual_seed(1)
+    reference = pretrainer(None, video_batch)["loss"]
+    torch.manual_seed(1)
+    assert torch.equal(pretrainer(None, batch)["loss"], reference)
 
 
 def test_tokenizer_is_frozen_and_outside_the_state_dict():

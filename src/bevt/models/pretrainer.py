@@ -9,8 +9,8 @@ time apart passes the targets it computed with `target_tokens` as `targets=`:
     image_batch = {"image": (B,3,H,W), "image_tok": (B,3,H/2,W/2) in [0,1], "mask": (B,H/16,W/16)}
     video_batch = {"video": (B,3,T,H,W), "video_tok": (B,3,T,H/2,W/2) in [0,1], "mask": (B,T/2,H/16,W/16)}
 
-plus, optionally, "host_mask": the same mask on the host (the loader's), from which the masked
-cells are picked without a host-device synchronisation.
+plus, optionally, "host_mask": a `HostMask` holding the same mask on the host (the loader's),
+from which the masked cells are picked without a host-device synchronisation.
 
 Loss (paper Eq. 3-5): cross-entropy over masked cells only, averaged per stream,
 L = L_MIM + video_loss_weight * L_MVM. The video mask lives on the T/2 patch steps and is repeated
@@ -28,6 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bevt.masking import mask_to_patch_grid, mask_to_token_grid
+
+
+class HostMask:
+    """A stream's mask as the loader made it, on the host. Not a tensor, so DDP and FSDP, which
+    move every tensor of a forward's inputs to the device, leave it where it is; the masked cells
+    are then picked (nonzero, their count) without waiting for the device."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
 from bevt.models.decoders import ImageDecoder, VideoDecoder
 from bevt.tokenizers.base import Tokenizer
 
@@ -80,7 +91,7 @@ class BEVTPretrainer(nn.Module):
             # Only masked cells reach the classifier: the loss ignores the rest, and the 8C x vocab
             # head is a large share of the compute. Their rows come from the host mask when the
             # batch has one, so neither the selection nor the count waits for the device.
-            host_mask = batch.get("host_mask", cell_mask)
+            host_mask = batch["host_mask"].mask if "host_mask" in batch else cell_mask
             rows = (mask_to_token_grid(host_mask) if stream == "video" else host_mask).flatten().nonzero().squeeze(1)
             count = max(len(rows), 1)
             rows = rows.to(features.device, non_blocking=True)

@@ -33,6 +33,7 @@ from bevt.models.convert import inflate_image_checkpoint, resize_bias_tables
 from bevt.errors import CheckpointError, DataError
 from bevt.masking import CELL, build_mask_generator
 from bevt.models.build import window_of
+from bevt.models.pretrainer import HostMask
 from bevt.tokenizers.vq import psnr
 
 log = logging.getLogger(__name__)
@@ -98,13 +99,13 @@ class PretrainTask:
     def next_batch(self) -> dict:
         """Every stream's batch on the device, plus its mask as the loader made it ("host_mask")."""
         batches = {name: next(stream) for name, stream in self.streams.items()}
-        return {name: {**to_device(b, self.device), "host_mask": b["mask"]} for name, b in batches.items()}
+        return {name: {**to_device(b, self.device), "host_mask": HostMask(b["mask"])} for name, b in batches.items()}
 
     def add_targets(self, model: nn.Module, batch: dict) -> dict:
         """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer for
         the frames that hold masked cells (chosen on the host mask: no wait for the device)."""
         pretrainer = unwrap(model)
-        targets = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["host_mask"]) for name, b in batch.items()}
+        targets = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["host_mask"].mask) for name, b in batch.items()}
         return {**batch, "targets": targets}
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
