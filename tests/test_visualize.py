@@ -66,3 +66,20 @@ def test_visualize_cli(tmp_path, checkpoint, tokenizer_dir, capsys):
     assert main(["visualize", str(image), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "i.png")]) == 0
     assert main(["visualize", str(image), "--out", str(tmp_path / "x.png")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_the_tokenizer_view_is_resized_as_the_run_trained(tmp_path, tokenizer_dir, monkeypatch):
+    """The figure's true tokens are the run's targets only if its half-size view is made the same
+    way (`data.tokenizer_resize`: PIL's or OpenCV's Lanczos)."""
+    import bevt.eval.visualize as visualize
+
+    config = load_config("tiny_joint", [f"tokenizer.path={tokenizer_dir}", "data.images=i", "data.train=t",
+                                        "data.tokenizer_resize=official"])
+    run = save_checkpoint(tmp_path / "run", 1, config, build_model(config).state_dict(), {"step": 1})
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    resizes = []
+    original = visualize.tokenizer_view
+    monkeypatch.setattr(visualize, "tokenizer_view", lambda *args: resizes.append(args[2]) or original(*args))
+    visualize.visualize_file(image, tmp_path / "v.png", checkpoint=run)
+    assert resizes == ["official"]

@@ -60,12 +60,14 @@ def _cells_to_pixels(cells: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def make_reconstruction_figure(pretrainer, tokenizer, pixels: torch.Tensor, mask: torch.Tensor,
-                               out_path: str | Path, title: str | None = None) -> dict:
+                               out_path: str | Path, title: str | None = None, tokenizer_resize: str = "pil") -> dict:
     """Write the PNG grid for one image (3,H,W) or clip (3,T,H,W) of float pixels in [0,1].
 
     `mask` is the cell mask the model sees: (H/16,W/16) for an image, (T/2,H/16,W/16) for a clip.
-    `pretrainer` may be None (input, mask and tokenizer rows only). Returns {"path",
-    "masked_accuracy"} (None without a pretrainer).
+    `pretrainer` may be None (input, mask and tokenizer rows only). `tokenizer_resize` makes the
+    tokenizer's half-size view as the run's training did (`data.tokenizer_resize`), so the true
+    tokens are the targets it was trained on. Returns {"path", "masked_accuracy"} (None without
+    a pretrainer).
     """
     plt = pyplot()
     is_clip = pixels.dim() == 4
@@ -78,7 +80,7 @@ def make_reconstruction_figure(pretrainer, tokenizer, pixels: torch.Tensor, mask
 
     device = next(pretrainer.parameters()).device if pretrainer is not None else torch.device("cpu")
     tokenizer.to(device)
-    tok_view = tokenizer_view(frames_u8, height // 2).transpose(0, 1).to(device)  # (T,3,H/2,W/2)
+    tok_view = tokenizer_view(frames_u8, height // 2, tokenizer_resize).transpose(0, 1).to(device)  # (T,3,H/2,W/2)
     true_tokens = tokenizer.encode(tok_view).cpu()  # (T,h,w)
 
     shown = frames_u8.float() / 255  # (T,3,H,W)
@@ -170,7 +172,8 @@ def visualize_file(input_path: str | Path, out_png: str | Path, checkpoint: str 
     else:
         mask_gen = build_mask_generator(masking.video, (data.frames // 2, cells, cells), masking.ratio,
                                         masking.min_cells, masking.tube_length, masking.wrap)
-    return make_reconstruction_figure(pretrainer, tok, pixels, mask_gen(generator), out_png, title=path.name)
+    return make_reconstruction_figure(pretrainer, tok, pixels, mask_gen(generator), out_png, title=path.name,
+                                      tokenizer_resize=data.tokenizer_resize)
 
 
 def run_visualize(args) -> int:
