@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--op-split", action="store_true",
+                   help="also profile one untimed step of each model: the share of self time per op kind")
     p.add_argument("--cpu-attention", default="kernel", choices=["kernel", "sdpa", "both"],
                    help="bevt's CPU training attention: its kernel, SDPA's own path, or both side by side")
     return p.parse_args(argv)
@@ -100,6 +102,28 @@ def peak_memory_bytes(model, video, dtype):
     return max(total for _, _, total in events) - start
 
 
+# Op kinds of the --op-split table: aten op names -> the kind they count towards.
+OP_KINDS = {
+    "linear layers (mm, addmm)": ("aten::mm", "aten::addmm"),
+    "attention products (bmm, baddbmm)": ("aten::bmm", "aten::baddbmm"),
+    "SDPA forward kernels": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                             "aten::_scaled_dot_product_flash_attention", "aten::_efficient_attention_forward"),
+    "copies and concatenation": ("aten::copy_", "aten::cat", "aten::index_select", "aten::roll"),
+    "GELU": ("aten::gelu", "aten::gelu_backward"),
+    "LayerNorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+}
+
+
+def op_split(model, video, dtype) -> dict[str, float]:
+    """Share of one step's self CPU time per op kind (the rest: every other op and its overhead)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_step(model, video, dtype)
+    self_time = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(self_time.values())
+    split = {kind: sum(self_time.get(op, 0) for op in ops) / total for kind, ops in OP_KINDS.items()}
+    return {**split, "everything else": 1 - sum(split.values())}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -148,6 +172,11 @@ def main(argv=None):
         print(f"  {our_name}/torchvision: time {time_ratio:.2f}x (median of per-round ratios {round_ratio:.2f}x),"
               f" peak memory {peaks[our_name] / peaks[ref_name]:.2f}x")
     print(f"  max |logit difference| to torchvision {diff:.1e}")
+    if args.op_split:
+        for name, (model, attention_module.USE_CPU_KERNEL) in models.items():
+            split = op_split(model, video, dtype)
+            print(f"  {name} self time: " + ", ".join(f"{kind} {share:.0%}" for kind, share in split.items()))
+        attention_module.USE_CPU_KERNEL = True
 
 
 if __name__ == "__main__":
