@@ -70,9 +70,9 @@ class _CpuWindowAttention(torch.autograd.Function):
     The backward recomputes the exact probabilities, shift mask included (with large logits a
     -100 mask does not mask, and the forward's softmax keeps those entries), with those below
     exp(LOG_PROB_FLOOR) set to 0 (see there). Each (N,N) temporary is touched by as few passes
-    as it can be: the log-normaliser and rowsum(dO * O) enter the two score matmuls as one extra
-    column of their operands ([scale q, -lse] [k, 1]^T = scale q k^T - lse), so no pass subtracts
-    them and no broadcast copy fills a matmul's input.
+    as it can be: the log-normaliser and rowsum(dO * O) ride in the two score matmuls, as one
+    extra operand column where windows are large and as the broadcast input of `baddbmm` where
+    they are small (see `backward`).
     """
 
     @staticmethod
