@@ -78,20 +78,15 @@ def tokenizer_dir(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, message", [
+BAD_ARGUMENTS = [
     (["tokenizer", "train", "--images", "x", "--out", "y", "optim.epochs=0"], "optim.epochs=0.0: must be > 0"),
     (["predict", "v.mp4", "--checkpoint", "c", "--top-k", "-1"], "argument --top-k: must be >= 1, got -1"),
     (["tokenizer", "train", "--images", "x", "--out", "y", "optim.lr=-1"], "optim.lr=-1.0: must be > 0"),
     (["info", "debug", "--frames", "zero"], "argument --frames: expected an integer, got 'zero'"),
     (["finetune", "--config", "tiny_finetune", "--resume"], "argument --resume: expected one argument"),
     (["finetune", "--config", "tiny_finetune", "--bogus"], "unrecognized arguments: --bogus"),
-])
-def test_bad_arguments(capsys, argv, message):
-    code, err = run(capsys, *argv)
-    assert code == 2 and message in one_line_error(err)
-
-
-@pytest.mark.parametrize("argv, message", [
+]
+BAD_RECIPES_AND_OVERRIDES = [
     (["pretrain", "--config", "tiny_imge"], "no config file 'tiny_imge' and no shipped recipe of that name (did you mean 'tiny_image'?)"),
     (["pretrain", "--config", "tiny_finetune"], "tiny_finetune is a finetune recipe; run `bevt finetune --config tiny_finetune`"),
     (["pretrain", "--config", "tiny_image", "optim.lrr=1"], "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
@@ -99,8 +94,11 @@ def test_bad_arguments(capsys, argv, message):
     (["pretrain", "--config", "tiny_image", "optim.lr"], "override 'optim.lr': expected key=value"),
     (["finetune", "--config", "tiny_finetune", "optim.epochs=0"], "optim.epochs=0.0: must be > 0"),
     (["config", "show", "tiny_finetune", "model.name=swin_x"], "model.name='swin_x': unknown flavor"),
-])
-def test_bad_recipes_and_overrides(capsys, argv, message):
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS + BAD_RECIPES_AND_OVERRIDES)
+def test_bad_arguments_recipes_and_overrides(capsys, argv, message):
     code, err = run(capsys, *argv)
     assert code == 2 and message in one_line_error(err)
 
