@@ -4,7 +4,7 @@ from torch.distributed.utils import _to_kwargs
 
 from bevt.masking import build_mask_generator
 from bevt.models import create_model
-from bevt.models.decoders import ImageDecoder, VideoDecoder
+from bevt.models.decoders import ImageDecoder, TokenUpsample2d, TokenUpsample3d, VideoDecoder
 from bevt.models.pretrainer import NOT_A_TARGET, BEVTPretrainer, HostMask
 from bevt.tokenizers.dalle import DalleEncoder, DalleTokenizer
 
@@ -49,6 +49,27 @@ def test_swin_b_decoder_and_classifier_sizes():
     decoder_params = sum(p.numel() for m in (pretrainer.image_decoder, pretrainer.video_decoder) for p in m.parameters())
     assert decoder_params == 13_636_608
     assert sum(p.numel() for p in pretrainer.token_head.parameters()) == 8_396_800  # 8.4 M
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (1, 2, 2), (2, 1, 1), (2, 3, 1)])
+def test_token_upsample_is_the_transposed_conv_on_channels_last_features(kernel):
+    """The decoders' matmul upsampling against torch's transposed conv with the same weights, in
+    float64, forward and every gradient (a wrong interleave of space and kernel axes fails)."""
+    torch.manual_seed(0)
+    dims = len(kernel)
+    cls, reference = (TokenUpsample2d, torch.nn.functional.conv_transpose2d) if dims == 2 else (
+        TokenUpsample3d, torch.nn.functional.conv_transpose3d)
+    upsample = cls(6, 5, kernel_size=kernel, stride=kernel).double()
+    x = torch.randn(2, *(3, 4, 2)[:dims], 6, dtype=torch.float64, requires_grad=True)
+    y = upsample(x)
+    expected = reference(x.movedim(-1, 1), upsample.weight, upsample.bias, stride=kernel).movedim(1, -1)
+    assert y.shape == expected.shape
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(y)
+    ours = torch.autograd.grad((y * probe).sum(), (x, upsample.weight, upsample.bias))
+    theirs = torch.autograd.grad((expected * probe).sum(), (x, upsample.weight, upsample.bias))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_full_size_logit_shapes_on_meta():

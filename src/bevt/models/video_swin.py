@@ -240,11 +240,14 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x):  # (B,T',H,W,C) -> (B,T',H/2,W/2,2C)
-        h, w = x.shape[2:4]
+        b, t, h, w, c = x.shape
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        # neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference checkpoints
-        x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], -1)
+            h, w = h + h % 2, w + w % 2
+        # (row, column) neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference checkpoints:
+        # column-major within each 2x2 cell. One permuted copy, forward and backward (four strided
+        # slices and a cat cost a zero-filled full-size gradient per slice in the backward).
+        x = x.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6).reshape(b, t, h // 2, w // 2, 4 * c)
         return self.reduction(self.norm(x))
 
 
@@ -342,7 +345,7 @@ class VideoSwinEncoder(nn.Module):
         their compiled code, so compiling costs little; parameter names stay the same)."""
         for stage in self.layers:
             for block in stage.blocks:
-                block.compile()
+                block.compile(dynamic=False)
 
     def forward_features(self, x, mask=None):
         """Video (B,3,T,H,W) or image (B,3,H,W) -> {"stage3": (B,T',H/16,W/16,4C),
