@@ -7,7 +7,8 @@ bare GPU machine without PyAV. Reports clips/s, images/s and steps/s (median of 
 share of a step spent in the tokenizer, the forward+backward pass and the optimizer, and with a
 known peak the model FLOP utilisation:
 FLOPs of one step counted with torch.utils.flop_counter (the trained network's forward and
-backward = "model"; plus the tokenizer's forward = "all") over peak x step time.
+backward = "model"; plus the tokenizer's forward = "all") over peak x step time; and the host's
+page faults and system CPU time per step (see bevt/host_memory.py).
 
     python benchmarks/train_throughput.py                      # tiny_joint recipe, CPU, fp32 vs bf16
     python benchmarks/train_throughput.py --device cuda --model swin_b --precisions bf16,fp16
@@ -26,6 +27,7 @@ import argparse
 import io
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +40,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bevt.config import load_config
+from bevt.host_memory import keep_freed_host_memory
 from bevt.masking import build_mask_generator
 from bevt.train.logging import StepTimer
 from bevt.distributed import autocast
@@ -150,7 +153,8 @@ def run_script(root: Path, argv: list[str]) -> tuple[float, str]:
                             env=env, capture_output=True, text=True, check=False)
     for line in result.stdout.splitlines():
         if match := STEP_LINE.match(line):
-            return float(match[2]), match[3].split("|")[0].strip()
+            host = next((h for h in result.stdout.splitlines() if h.startswith("host: ")), "")
+            return float(match[2]), " | ".join(filter(None, [match[3].split("|")[0].strip(), host]))
     raise RuntimeError(f"{root}: no steps/s line in the benchmark's output:\n{result.stdout}\n{result.stderr}")
 
 
@@ -193,6 +197,8 @@ def main(argv=None):
         compare_with_commit(args)
         return
     device = torch.device(args.device)
+    if device.type == "cpu":  # as `bevt train` does on the CPU
+        keep_freed_host_memory()
     cfg = benchmark_config(args)
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer=random_tokenizer(cfg)).to(device).train()
@@ -214,11 +220,13 @@ def main(argv=None):
         run(precision, args.warmup)
         timers[precision].pop()
     seconds = {p: [] for p in precisions}
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.rounds):
         for precision in precisions:
             started = time.perf_counter()
             run(precision, args.steps)
             seconds[precision].append((time.perf_counter() - started) / args.steps)
+    usage_after = resource.getrusage(resource.RUSAGE_SELF)
 
     data = cfg.data
     name = args.model or "tiny_joint (debug)"
@@ -240,6 +248,9 @@ def main(argv=None):
         if peak:
             line += f"  | MFU {model_flops / step / (peak * 1e12):.1%} (with tokenizer {all_flops / step / (peak * 1e12):.1%})"
         print(line)
+    timed_steps = args.rounds * args.steps * len(precisions)
+    print(f"host: {(usage_after.ru_minflt - usage_before.ru_minflt) / timed_steps:.0f} page faults and "
+          f"{(usage_after.ru_stime - usage_before.ru_stime) / timed_steps * 1e3:.1f} ms system CPU time per timed step")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 

@@ -329,8 +329,9 @@ def test_geometry_cached_in_inference_mode_serves_training():
 @pytest.mark.parametrize("head_dim", [8, 32])
 @pytest.mark.parametrize("batch, steps, shifted", [(3, 1, True), (5, 2, False), (2, 3, True), (2, 100, False)])
 def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shifted, head_dim):
-    """`steps` (sample, window) pairs per backward step exercise the slicing; windows of 32
-    tokens with head_dim 8 take the column-folded score matmuls, with 32 the broadcast ones."""
+    """Windows of 32 tokens with head_dim 8 take the kernel that recomputes the probabilities
+    (`steps` (sample, window) pairs per backward step exercise its slicing), with head_dim 32
+    the small-window kernel that keeps them."""
     windows, heads, n = 4, 3, 32
     monkeypatch.setattr(bevt.models.window_attention, "BACKWARD_STEP_FLOATS", steps * heads * n * n)
     torch.manual_seed(0)
@@ -345,19 +346,21 @@ def test_cpu_attention_backward_matches_autograd(monkeypatch, batch, steps, shif
         assert torch.allclose(mine, theirs, atol=1e-10)
 
 
+@pytest.mark.parametrize("head_dim", [8, 16])
 @pytest.mark.parametrize("scale", [10.0, 40.0])
-def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scale):
+def test_cpu_attention_backward_is_exact_when_logits_outgrow_the_shift_mask(scale, head_dim):
     """Trained attention can produce logits beyond +-100, where the -100 shift mask no longer
     masks: the forward keeps those probabilities, so the backward must too (it once zeroed
-    them, giving wrong gradients, and nan when exp overflowed)."""
+    them, giving wrong gradients, and nan when exp overflowed). Both CPU kernels: head_dim 8
+    recomputes the probabilities, 16 keeps them."""
     torch.manual_seed(0)
-    q, k = (torch.randn(2, 4, 2, 32, 16) * scale for _ in range(2))
+    q, k = (torch.randn(2, 4, 2, 32, head_dim) * scale for _ in range(2))
     q, k = q.requires_grad_(), k.requires_grad_()
-    v, bias = torch.randn(2, 4, 2, 32, 16, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
+    v, bias = torch.randn(2, 4, 2, 32, head_dim, requires_grad=True), torch.randn(2, 32, 32, requires_grad=True)
     shift_mask = shift_window_mask((2, 8, 8), (2, 4, 4), (1, 2, 2), CPU)
-    grad = torch.randn(2, 4, 2, 32, 16)
+    grad = torch.randn(2, 4, 2, 32, head_dim)
     ours = torch.autograd.grad(window_attention(torch.stack([q, k, v]), bias, shift_mask), (q, k, v, bias), grad)
-    scores = q.double() @ k.double().transpose(-2, -1) / 4 + bias.double() + shift_mask.double()
+    scores = q.double() @ k.double().transpose(-2, -1) / head_dim**0.5 + bias.double() + shift_mask.double()
     expected = torch.autograd.grad(F.softmax(scores, -1) @ v.double(), (q, k, v, bias), grad.double())
     for mine, theirs in zip(ours, expected, strict=True):
         assert torch.isfinite(mine).all()

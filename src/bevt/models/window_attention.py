@@ -1,13 +1,18 @@
 """Attention inside Swin windows with an additive bias (relative-position bias, plus the shift mask).
 
 `window_attention(qkv, bias, shift_mask)` is what every Swin block calls. It runs PyTorch's
-`scaled_dot_product_attention` everywhere except in CPU training, where it runs
-`_CpuWindowAttention`: SDPA's fused CPU kernel returns no gradient for its additive mask, so
-whenever the relative-position bias table trains, SDPA falls back to its unfused math path,
-which materialises and keeps every (heads, N, N) probability tensor for the backward. The
-kernel below keeps SDPA's fused forward and writes a backward that recomputes the
-probabilities in bounded chunks. It only exists for CPU training speed (the demo, the tests);
-benchmarks/backbone.py measures it against SDPA's own path (`--cpu-attention sdpa`).
+`scaled_dot_product_attention` everywhere except in CPU training: SDPA's fused CPU kernel returns
+no gradient for its additive mask, so whenever the relative-position bias table trains, SDPA
+falls back to its unfused math path (autograd through each op, probabilities as denormals where
+the shift mask applies). Two kernels replace it there, both only for CPU training speed (the
+demo, the tests); benchmarks/backbone.py measures them against SDPA's own path
+(`--cpu-attention sdpa`):
+- `_CpuWindowAttention` for windows larger than twice the head dim (every full-size Swin): SDPA's
+  fused forward, and a backward that recomputes the probabilities in bounded chunks, because
+  keeping them would cost more memory than q, k and v together;
+- `_CpuSmallWindowAttention` for the others (the demo's 2x4x4 windows): the probabilities are
+  at most 2/3 of the size of q, k, v, so the forward computes and keeps them and the backward
+  recomputes nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ def window_attention(qkv, bias, shift_mask=None):
     """
     if (USE_CPU_KERNEL and qkv.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):  # compiled, SDPA's graph is what the compiler fuses
-        return _CpuWindowAttention.apply(qkv, bias, shift_mask)
+        n, d = qkv.shape[-2:]
+        kernel = _CpuWindowAttention if n > 2 * d else _CpuSmallWindowAttention
+        return kernel.apply(qkv, bias, shift_mask)
     out, _ = _fused_attention(qkv, bias if shift_mask is None else shift_mask + bias, F.scaled_dot_product_attention)
     return out
 
@@ -70,9 +77,9 @@ class _CpuWindowAttention(torch.autograd.Function):
     The backward recomputes the exact probabilities, shift mask included (with large logits a
     -100 mask does not mask, and the forward's softmax keeps those entries), with those below
     exp(LOG_PROB_FLOOR) set to 0 (see there). Each (N,N) temporary is touched by as few passes
-    as it can be: the log-normaliser and rowsum(dO * O) ride in the two score matmuls, as one
-    extra operand column where windows are large and as the broadcast input of `baddbmm` where
-    they are small (see `backward`).
+    as it can be: the log-normaliser and rowsum(dO * O) ride in the two score matmuls as one
+    extra column of their operands (see `backward`). Only for windows larger than twice the head
+    dim, where that column costs less than a broadcast pass over each (N,N) output.
     """
 
     @staticmethod
@@ -90,16 +97,13 @@ class _CpuWindowAttention(torch.autograd.Function):
         scale = d**-0.5
         neg_logsumexp = logsumexp.unsqueeze(-1).neg().to(qkv.dtype)  # (B,nW,heads,N,1)
         neg_row_dot = (grad_out * out).sum(-1, keepdim=True).neg_()  # (B,nW,heads,N,1): -rowsum(dO * O)
-        # Where the (N,N) temporaries outsize the (N,d) operands, the two (N,1) terms enter the
-        # score matmuls as one more column of their operands: [scale q, -lse] [k, 1]^T =
-        # scale q k^T - lse and [dO, -rowsum] [v, 1]^T = dP - rowsum, which costs a pass over
-        # q, k, v, dO instead of a broadcast fill of each (N,N) matmul output.
-        column_fold = n > 2 * d
-        if column_fold:
-            ones = qkv.new_ones(()).expand(*q.shape[:-1], 1)
-            q_lse = torch.cat([q * scale, neg_logsumexp], dim=-1)
-            k_ones, v_ones = torch.cat([k, ones], dim=-1), torch.cat([v, ones], dim=-1)
-            grad_rowsum = torch.cat([grad_out, neg_row_dot], dim=-1)
+        # The two (N,1) terms enter the score matmuls as one more column of their operands:
+        # [scale q, -lse] [k, 1]^T = scale q k^T - lse and [dO, -rowsum] [v, 1]^T = dP - rowsum,
+        # which costs a pass over q, k, v, dO instead of a broadcast fill of each (N,N) output.
+        ones = qkv.new_ones(()).expand(*q.shape[:-1], 1)
+        q_lse = torch.cat([q * scale, neg_logsumexp], dim=-1)
+        k_ones, v_ones = torch.cat([k, ones], dim=-1), torch.cat([v, ones], dim=-1)
+        grad_rowsum = torch.cat([grad_out, neg_row_dot], dim=-1)
         grad_qkv = qkv.new_empty(qkv.shape)  # contiguous, so this step's slices view into it
         grad_q, grad_k, grad_v = grad_qkv.unbind(0)
         grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
@@ -121,21 +125,61 @@ class _CpuWindowAttention(torch.autograd.Function):
                 qs, ks, vs, gos = rows(q), rows(k), rows(v), rows(grad_out)
                 # log-probabilities: scale * q k^T - logsumexp + bias (+ shift mask)
                 scores, grad_scores = score_buffer[: len(qs)], grad_buffer[: len(qs)]
-                if column_fold:
-                    torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2), out=scores)
-                else:
-                    torch.baddbmm(rows(neg_logsumexp), qs, ks.transpose(1, 2), alpha=scale, out=scores)
+                torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2), out=scores)
                 scores.view(-1, *step_bias.shape).add_(step_bias)
                 probs = F.threshold_(scores.clamp_min_(LOG_PROB_FLOOR).exp_(), PROB_FLOOR, 0.0)  # the forward's softmax
                 torch.bmm(probs.transpose(1, 2), gos, out=rows(grad_v))
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
-                if column_fold:
-                    torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2), out=grad_scores)
-                else:
-                    torch.baddbmm(rows(neg_row_dot), gos, vs.transpose(1, 2), out=grad_scores)
+                torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2), out=grad_scores)
                 grad_scores.mul_(probs)
                 grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
                 grad_q_step, grad_k_step = rows(grad_q), rows(grad_k)
                 torch.baddbmm(grad_q_step, grad_scores, ks, beta=0, alpha=scale, out=grad_q_step)
                 torch.baddbmm(grad_k_step, grad_scores.transpose(1, 2), qs, beta=0, alpha=scale, out=grad_k_step)
         return grad_qkv, grad_bias.to(bias.dtype), None
+
+
+class _CpuSmallWindowAttention(torch.autograd.Function):
+    """Windows of at most twice the head dim: the forward computes the probabilities and keeps
+    them (no larger than q, k, v), so the backward is four matmuls and no recompute.
+
+    The softmax is written out so that no probability is a denormal: the shift mask's -100 gives
+    exp values below float32's normal range, which PyTorch's softmax returns as denormals, and a
+    matmul over denormals runs about 25x slower on CPU. Log-probabilities are raised to
+    LOG_PROB_FLOOR before exp and the floor's value zeroed after it, as the other kernel's
+    backward does: those terms are below 1e-34 of the row's sum, so the result is the softmax's
+    to float32 rounding.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under autocast: a float32 softmax
+    def forward(ctx, qkv, bias, shift_mask):
+        _, batch, windows, heads, n, d = qkv.shape
+        q, k, v = qkv.reshape(3, -1, n, d).unbind(0)  # (B*nW*heads, N, d) each
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)
+        scores.view(batch, windows, heads, n, n).add_(bias if shift_mask is None else shift_mask + bias)
+        scores.sub_(scores.amax(-1, keepdim=True)).clamp_min_(LOG_PROB_FLOOR).exp_()
+        probs = F.threshold_(scores, PROB_FLOOR, 0.0)
+        probs.div_(probs.sum(-1, keepdim=True))
+        out = torch.bmm(probs, v).view(batch, windows, heads, n, d)
+        ctx.save_for_backward(qkv, probs, out)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad_out):
+        qkv, probs, out = ctx.saved_tensors
+        _, batch, windows, heads, n, d = qkv.shape
+        q, k, v = qkv.reshape(3, -1, n, d).unbind(0)
+        grad_out = grad_out.to(qkv.dtype).contiguous()
+        grad_rows = grad_out.view(-1, n, d)
+        neg_row_dot = (grad_out * out).sum(-1, keepdim=True).neg_().view(-1, n, 1)  # -rowsum(dO * O)
+        grad_qkv = qkv.new_empty(qkv.shape)
+        grad_q, grad_k, grad_v = grad_qkv.view(3, -1, n, d).unbind(0)
+        torch.bmm(probs.transpose(1, 2), grad_rows, out=grad_v)
+        # d(scores) = P * (dO v^T - rowsum(dO * O)), in place of dP
+        grad_scores = torch.baddbmm(neg_row_dot, grad_rows, v.transpose(1, 2)).mul_(probs)
+        grad_bias = grad_scores.view(-1, heads, n, n).sum(0)
+        torch.baddbmm(grad_q, grad_scores, k, beta=0, alpha=d**-0.5, out=grad_q)
+        torch.baddbmm(grad_k, grad_scores.transpose(1, 2), q, beta=0, alpha=d**-0.5, out=grad_k)
+        return grad_qkv, grad_bias, None

@@ -25,6 +25,7 @@ import torch
 
 from bevt.config import Config, config_to_dict, load_config, save_config
 from bevt.errors import CheckpointError, ConfigError, DataError, Interrupted
+from bevt.host_memory import keep_freed_host_memory
 from bevt import checkpoint as ckpt
 from bevt.distributed import (
     DistEnv, barrier, gather_objects, init_distributed, load_optimizer_state, max_over_ranks_on_host, model_state,
@@ -183,6 +184,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     with ckpt.RunLock(cfg.run.out) if first_process else nullcontext():  # refuses while another run is live
         cfg = check_finetune_labels(cfg)
         env = init_distributed(cfg.run.device)
+        if env.device.type == "cpu":
+            keep_freed_host_memory()
         try:
             return _train(cfg, env, resume)
         finally:
