@@ -414,6 +414,22 @@ def test_encoder_compiles_as_one_graph_with_eager_numbers():
         assert torch.allclose(mine, theirs, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_compiled_blocks_run_both_streams_with_eager_numbers():
+    """`run.compile` (`compile_blocks`, inductor): the same blocks see image and video shapes in
+    one step; compiled with dynamic shapes, inductor failed on a symbolic guard there."""
+    torch.manual_seed(0)
+    encoder = randomise_bias_tables(create_model("debug"))
+    video, image = torch.randn(2, 3, 4, 32, 32), torch.randn(2, 3, 32, 32)
+    eager = [encoder(video), encoder(image)]
+    eager_grads = torch.autograd.grad(sum(out.square().sum() for out in eager), list(encoder.parameters()))
+    encoder.compile_blocks()
+    compiled = [encoder(video), encoder(image)]
+    compiled_grads = torch.autograd.grad(sum(out.square().sum() for out in compiled), list(encoder.parameters()))
+    for mine, theirs in zip(compiled + list(compiled_grads), eager + list(eager_grads), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
+
+
 def test_bf16_autocast_runs_on_cpu():
     encoder = create_model("debug")
     with torch.autocast("cpu", dtype=torch.bfloat16):
