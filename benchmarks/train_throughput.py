@@ -13,6 +13,7 @@ page faults and system CPU time per step (see bevt/host_memory.py).
     python benchmarks/train_throughput.py                      # tiny_joint recipe, CPU, fp32 vs bf16
     python benchmarks/train_throughput.py --device cuda --model swin_b --precisions bf16,fp16
     python benchmarks/train_throughput.py --precisions fp32 --baseline-commit ba8cb1a --rounds 5
+    python benchmarks/train_throughput.py --precisions fp32 --compile   # run.compile's blocks
 
 `--baseline-commit` times an older commit side by side: it exports that commit with `git archive`
 into a temporary directory and, round after round (alternating which goes first), runs that
@@ -61,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--video-batch", type=int, default=None, help="clips per step (default: the recipe's)")
     p.add_argument("--image-batch", type=int, default=None, help="images per step (default: the recipe's)")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="compile every Swin block as run.compile=true does; prints the warm-up time, compilation included")
     p.add_argument("--steps", type=int, default=5, help="timed steps per precision and round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2)
@@ -168,6 +171,8 @@ def compare_with_commit(args) -> None:
             passed += [option, str(value)]
     if args.grad_checkpointing:
         passed.append("--grad-checkpointing")
+    if args.compile:
+        passed.append("--compile")
     tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", args.baseline_commit],
                          capture_output=True, check=True).stdout
     with tempfile.TemporaryDirectory(prefix=f"bevt-{args.baseline_commit}-") as baseline_dir:
@@ -204,6 +209,8 @@ def main(argv=None):
     model = build_model(cfg, tokenizer=random_tokenizer(cfg)).to(device).train()
     optimizer = build_optimizer(model, cfg.optim, tuple(len(s.blocks) for s in model.encoder.layers),
                                 fused=device.type in FUSED_ADAMW_DEVICES)
+    if args.compile:
+        model.encoder.compile_blocks()
     task = PretrainTask(cfg, random_streams(cfg, device), device)
     precisions = args.precisions.split(",")
     scalers = {p: torch.amp.GradScaler(device.type, enabled=p == "fp16") for p in precisions}
@@ -216,9 +223,11 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    warmup_started = time.perf_counter()
     for precision in precisions:
         run(precision, args.warmup)
         timers[precision].pop()
+    warmup_seconds = time.perf_counter() - warmup_started
     seconds = {p: [] for p in precisions}
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.rounds):
@@ -248,6 +257,8 @@ def main(argv=None):
         if peak:
             line += f"  | MFU {model_flops / step / (peak * 1e12):.1%} (with tokenizer {all_flops / step / (peak * 1e12):.1%})"
         print(line)
+    if args.compile:
+        print(f"compiled blocks: warm-up ({args.warmup} steps per precision, compilation included) {warmup_seconds:.1f} s")
     timed_steps = args.rounds * args.steps * len(precisions)
     print(f"host: {(usage_after.ru_minflt - usage_before.ru_minflt) / timed_steps:.0f} page faults and "
           f"{(usage_after.ru_stime - usage_before.ru_stime) / timed_steps * 1e3:.1f} ms system CPU time per timed step")
