@@ -380,6 +380,16 @@ def test_every_bias_table_and_the_mask_token_get_gradients():
         assert param.grad is not None and param.grad.abs().max() > 1e-4, name
 
 
+def test_training_runs_no_dropout_in_the_blocks():
+    """timm's Mlp holds nn.Dropout(0.0) layers, which in training copy the MLP's hidden and
+    output tensors; the blocks replace them, so a training step runs no dropout at all."""
+    torch.manual_seed(0)
+    encoder = create_model("debug").train()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        encoder(torch.randn(1, 3, 4, 32, 32)).square().sum().backward()
+    assert not [event.name for event in profile.events() if "dropout" in event.name]
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     encoder = create_model("debug", drop_path_rate=0.3).train()

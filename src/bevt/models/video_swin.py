@@ -224,6 +224,9 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        # timm's Mlp wraps its hidden and output tensors in nn.Dropout(0.0), which in training
+        # copies both every step; Swin blocks use no dropout, so those layers are identities.
+        self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, window, shift, bias_index, shift_mask):
