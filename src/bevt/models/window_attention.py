@@ -155,26 +155,28 @@ class _CpuSmallWindowAttention(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under autocast: a float32 softmax
     def forward(ctx, qkv, bias, shift_mask):
         _, batch, windows, heads, n, d = qkv.shape
-        q, k, v = qkv.reshape(3, -1, n, d).unbind(0)  # (B*nW*heads, N, d) each
+        qkv_rows = qkv.reshape(3, -1, n, d)  # a copy where qkv is a permuted view; kept for the backward
+        q, k, v = qkv_rows.unbind(0)  # (B*nW*heads, N, d) each
         scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)
         scores.view(batch, windows, heads, n, n).add_(bias if shift_mask is None else shift_mask + bias)
         scores.sub_(scores.amax(-1, keepdim=True)).clamp_min_(LOG_PROB_FLOOR).exp_()
         probs = F.threshold_(scores, PROB_FLOOR, 0.0)
         probs.div_(probs.sum(-1, keepdim=True))
         out = torch.bmm(probs, v).view(batch, windows, heads, n, d)
-        ctx.save_for_backward(qkv, probs, out)
+        ctx.save_for_backward(qkv_rows, probs, out)
+        ctx.qkv_shape = qkv.shape
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
-        qkv, probs, out = ctx.saved_tensors
-        _, batch, windows, heads, n, d = qkv.shape
-        q, k, v = qkv.reshape(3, -1, n, d).unbind(0)
-        grad_out = grad_out.to(qkv.dtype).contiguous()
+        qkv_rows, probs, out = ctx.saved_tensors
+        _, batch, windows, heads, n, d = ctx.qkv_shape
+        q, k, v = qkv_rows.unbind(0)
+        grad_out = grad_out.to(qkv_rows.dtype).contiguous()
         grad_rows = grad_out.view(-1, n, d)
         neg_row_dot = (grad_out * out).sum(-1, keepdim=True).neg_().view(-1, n, 1)  # -rowsum(dO * O)
-        grad_qkv = qkv.new_empty(qkv.shape)
+        grad_qkv = qkv_rows.new_empty(ctx.qkv_shape)
         grad_q, grad_k, grad_v = grad_qkv.view(3, -1, n, d).unbind(0)
         torch.bmm(probs.transpose(1, 2), grad_rows, out=grad_v)
         # d(scores) = P * (dO v^T - rowsum(dO * O)), in place of dP
