@@ -122,7 +122,7 @@ class _CpuWindowAttention(torch.autograd.Function):
                 def rows(t):  # this step's (samples*windows*heads, N, .) slice as a 3-D batch
                     return t[bs, ws].flatten(0, 2)
 
-                qs, ks, vs, gos = rows(q), rows(k), rows(v), rows(grad_out)
+                qs, ks, gos = rows(q), rows(k), rows(grad_out)
                 # log-probabilities: scale * q k^T - logsumexp + bias (+ shift mask)
                 scores, grad_scores = score_buffer[: len(qs)], grad_buffer[: len(qs)]
                 torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2), out=scores)
