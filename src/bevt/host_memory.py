@@ -3,10 +3,12 @@
 A training step frees and re-allocates the same activation- and gradient-sized buffers (hundreds
 of KB to tens of MB) every step. glibc's malloc serves such sizes with fresh `mmap` pages, or
 trims them off the top of its heap when they are freed, so every step faults its pages in again:
-about 4,000 page faults and 10 ms of system time per step of the demo-size joint model
-(`python benchmarks/train_throughput.py` prints them). With `mmap` and trimming
-switched off for these sizes the heap keeps what a step freed and the next step reuses it; the
-process keeps its peak footprint between steps instead of handing it back.
+about 6,000 page faults and 12 ms of system CPU time per step of the demo-size joint model,
+against about 70 and 1 ms with this setting (`python benchmarks/train_throughput.py
+--precisions fp32` prints them; prefixed with `GLIBC_TUNABLES=`, an allocator setting of the
+user's own, it runs with glibc's defaults). With `mmap` and trimming switched off for these
+sizes the heap keeps what a step freed and the next step reuses it; the process keeps its peak
+footprint between steps instead of handing it back.
 """
 
 from __future__ import annotations
