@@ -430,11 +430,11 @@ def test_compiled_blocks_run_both_streams_with_eager_numbers():
     one step; compiled with dynamic shapes, inductor failed on a symbolic guard there."""
     torch.manual_seed(0)
     encoder = randomise_bias_tables(create_model("debug"))
-    video, image = torch.randn(2, 3, 4, 32, 32), torch.randn(2, 3, 32, 32)
-    eager = [encoder(video), encoder(image)]
+    video, image, mask = torch.randn(2, 3, 4, 32, 32), torch.randn(2, 3, 32, 32), torch.rand(2, 2, 8, 8) < 0.5
+    eager = [encoder(video, mask), encoder(image)]
     eager_grads = torch.autograd.grad(sum(out.square().sum() for out in eager), list(encoder.parameters()))
     encoder.compile_blocks()
-    compiled = [encoder(video), encoder(image)]
+    compiled = [encoder(video, mask), encoder(image)]
     compiled_grads = torch.autograd.grad(sum(out.square().sum() for out in compiled), list(encoder.parameters()))
     for mine, theirs in zip(compiled + list(compiled_grads), eager + list(eager_grads), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-4)
