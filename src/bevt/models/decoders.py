@@ -8,7 +8,7 @@ second transposed conv (T' = T/2 -> T), because the tokenizer labels every frame
 
 A transposed conv whose kernel equals its stride maps every input token to kernel-many output
 tokens by one matrix, so the decoders run theirs as one matmul on the channels-last features
-(`TokenUpsample2d/3d`): on CPU 3-4x faster than PyTorch's transposed conv with its layout
+(`TokenUpsample2d/3d`), which on CPU skips PyTorch's transposed-conv path and its layout
 permutes. Their parameters are the transposed conv's (names, shapes, initialisation), so
 checkpoints and the released-weight conversion are unchanged.
 """

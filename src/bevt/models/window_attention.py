@@ -145,7 +145,7 @@ class _CpuSmallWindowAttention(torch.autograd.Function):
 
     The softmax is written out so that no probability is a denormal: the shift mask's -100 gives
     exp values below float32's normal range, which PyTorch's softmax returns as denormals, and a
-    matmul over denormals runs about 25x slower on CPU. Log-probabilities are raised to
+    matmul over denormals runs many times slower on CPU. Log-probabilities are raised to
     LOG_PROB_FLOOR before exp and the floor's value zeroed after it, as the other kernel's
     backward does: those terms are below 1e-34 of the row's sum, so the result is the softmax's
     to float32 rounding.
