@@ -25,12 +25,19 @@ import torch.nn.functional as F
 # Elements of the (heads,N,N) temporaries the CPU attention backward handles per step: 16 MB,
 # few enough steps and below glibc's mmap threshold (32 MB), so buffers are reused without page faults.
 BACKWARD_STEP_FLOATS = 2**22
-# Probabilities below exp(-80) (a normal float32) are set to 0 in the CPU backward: tiny values
+# Probabilities below exp(-80) (a normal float32) are set to 0 by the CPU kernels: tiny values
 # make denormal products in the matmuls after it (keeping exp(-80) instead made the backbone
 # 1.6x slower). The log-probabilities are raised to the floor before exp and the floor's value
 # zeroed after it: exp of smaller logits, and of -inf, takes float32 exp's slow path.
 LOG_PROB_FLOOR = -80.0
 PROB_FLOOR = math.exp(LOG_PROB_FLOOR)
+
+
+def _exp_without_denormals_(log_probs):
+    """exp of log-probabilities in place, those below LOG_PROB_FLOOR set to 0 (see there)."""
+    return F.threshold_(log_probs.clamp_min_(LOG_PROB_FLOOR).exp_(), PROB_FLOOR, 0.0)
+
+
 # The benchmark switches this off to time SDPA's own CPU path side by side.
 USE_CPU_KERNEL = True
 
@@ -127,7 +134,7 @@ class _CpuWindowAttention(torch.autograd.Function):
                 scores, grad_scores = score_buffer[: len(qs)], grad_buffer[: len(qs)]
                 torch.bmm(rows(q_lse), rows(k_ones).transpose(1, 2), out=scores)
                 scores.view(-1, *step_bias.shape).add_(step_bias)
-                probs = F.threshold_(scores.clamp_min_(LOG_PROB_FLOOR).exp_(), PROB_FLOOR, 0.0)  # the forward's softmax
+                probs = _exp_without_denormals_(scores)  # the forward's softmax
                 torch.bmm(probs.transpose(1, 2), gos, out=rows(grad_v))
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
                 torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2), out=grad_scores)
@@ -159,8 +166,7 @@ class _CpuSmallWindowAttention(torch.autograd.Function):
         q, k, v = qkv_rows.unbind(0)  # (B*nW*heads, N, d) each
         scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)
         scores.view(batch, windows, heads, n, n).add_(bias if shift_mask is None else shift_mask + bias)
-        scores.sub_(scores.amax(-1, keepdim=True)).clamp_min_(LOG_PROB_FLOOR).exp_()
-        probs = F.threshold_(scores, PROB_FLOOR, 0.0)
+        probs = _exp_without_denormals_(scores.sub_(scores.amax(-1, keepdim=True)))
         probs.div_(probs.sum(-1, keepdim=True))
         out = torch.bmm(probs, v).view(batch, windows, heads, n, d)
         ctx.save_for_backward(qkv_rows, probs, out)
@@ -173,7 +179,7 @@ class _CpuSmallWindowAttention(torch.autograd.Function):
         qkv_rows, probs, out = ctx.saved_tensors
         _, batch, windows, heads, n, d = ctx.qkv_shape
         q, k, v = qkv_rows.unbind(0)
-        grad_out = grad_out.to(qkv_rows.dtype).contiguous()
+        grad_out = grad_out.contiguous()
         grad_rows = grad_out.view(-1, n, d)
         neg_row_dot = (grad_out * out).sum(-1, keepdim=True).neg_().view(-1, n, 1)  # -rowsum(dO * O)
         grad_qkv = qkv_rows.new_empty(ctx.qkv_shape)
