@@ -99,7 +99,7 @@ def test_flavors_follow_the_paper():
 def test_drop_path_grows_linearly_to_the_rate():
     encoder = create_model("debug", drop_path_rate=0.35)
     blocks = [block for stage in encoder.layers for block in stage.blocks]
-    assert isinstance(blocks[0].drop_path, torch.nn.Identity)
+    assert blocks[0].drop_path.drop_prob == 0.0
     assert blocks[-1].drop_path.drop_prob == pytest.approx(0.35)
     assert blocks[4].drop_path.drop_prob == pytest.approx(0.35 * 4 / 7)
 
@@ -193,7 +193,7 @@ def test_mask_token_replaces_exactly_the_masked_positions(shape):
     seen = []
     encoder.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     encoder.forward_features(x, mask)
-    tokens = seen[0] if len(shape) == 5 else seen[0][:, 0]
+    tokens = seen[0].view(*grid, -1)  # the stage's (rows, C) input on the mask's grid
     embedded = encoder.patch_embed(x) if len(shape) == 5 else encoder.patch_embed_2d(x)
     assert torch.equal(tokens[mask], encoder.mask_token[0].expand(int(mask.sum()), -1))
     assert torch.equal(tokens[~mask], embedded[~mask])
@@ -205,8 +205,9 @@ def attention_calls(encoder, x):
 
     def record(stage, block):
         def hook(module, args):
-            x, window, shift, _, mask = args
-            calls.append((stage, block, tuple(x.shape[1:4]), window, shift, mask is not None))
+            _, layouts = args
+            for layout in layouts:
+                calls.append((stage, block, layout.grid.size, layout.window, layout.shift, layout.shift_mask is not None))
         return hook
 
     hooks = [block.attn.register_forward_pre_hook(record(i, j))
@@ -232,6 +233,56 @@ def test_official_image_windows_mask_every_block_and_roll_the_last_stage():
     standard = attention_calls(create_model("debug"), image)
     assert [(roll, masked) for *_, roll, masked in standard[-2:]] == [((0, 0, 0), False), ((0, 0, 0), False)]
     assert [masked for *_, masked in standard[:2]] == [False, True]
+
+
+@pytest.mark.parametrize("image_shift_mask, size", [("standard", 64), ("standard", 72), ("official", 128)])
+def test_streams_in_one_pass_match_each_alone(image_shift_mask, size):
+    """forward_streams (one pass of the blocks over a video and an image batch) gives each stream
+    what forward_features gives it alone, and the same parameter gradients; in float64, with
+    bias tables far from zero, masks, and at 72 px windows that need padding."""
+    torch.manual_seed(0)
+    encoder = randomise_bias_tables(create_model("debug", image_shift_mask=image_shift_mask)).double().train()
+    video, image = torch.randn(2, 3, 4, size, size, dtype=torch.float64), torch.randn(3, 3, size, size, dtype=torch.float64)
+    masks = torch.rand(2, 2, size // 4, size // 4) < 0.4, torch.rand(3, size // 4, size // 4) < 0.4
+    weights = {}
+
+    def loss_and_grads(streams_out):
+        loss = 0
+        for stream, features in enumerate(streams_out):
+            for name, value in features.items():
+                weight = weights.setdefault((stream, name), torch.randn(value.shape, dtype=torch.float64))
+                loss = loss + (value * weight).sum()
+        params = [p for p in encoder.parameters()]
+        return [f.detach() for out in streams_out for f in out.values()], torch.autograd.grad(loss, params, allow_unused=True)
+
+    joint, joint_grads = loss_and_grads(encoder.forward_streams([(video, masks[0]), (image, masks[1])]))
+    alone, alone_grads = loss_and_grads([encoder.forward_features(video, masks[0]), encoder.forward_features(image, masks[1])])
+    for a, b in zip(joint, alone, strict=True):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-12
+    for a, b in zip(joint_grads, alone_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a - b).abs().max() < 1e-12 * max(1.0, b.abs().max())
+
+
+def test_drop_samples_drops_whole_samples_of_each_stream():
+    """Stochastic depth on the rows of two streams: every sample's rows are zeroed together or
+    scaled by 1 / keep together, each sample independently."""
+    torch.manual_seed(0)
+    drop = video_swin.DropSamples(0.5).train()
+    grids = [video_swin.TokenGrid(200, (2, 3, 3)), video_swin.TokenGrid(300, (1, 3, 3))]
+    x = torch.rand(sum(g.rows for g in grids), 4) + 1
+    ratio = drop(x, grids) / x
+    start = 0
+    kept = []
+    for grid in grids:
+        per_sample = ratio[start:start + grid.rows].view(grid.batch, -1)
+        start += grid.rows
+        assert torch.equal(per_sample, per_sample[:, :1].expand_as(per_sample))  # a sample's rows together
+        assert set(per_sample[:, 0].tolist()) == {0.0, 2.0}
+        kept.append((per_sample[:, 0] > 0).float().mean().item())
+    assert all(0.4 < k < 0.6 for k in kept)
+    assert torch.equal(drop.eval()(x, grids), x)
 
 
 def test_image_shift_mask_changes_only_the_image_stream():

@@ -71,23 +71,28 @@ class BEVTPretrainer(nn.Module):
         batches = {"image": image_batch, "video": video_batch}
         if all(batch is None for batch in batches.values()):
             raise ValueError("forward needs an image_batch, a video_batch or both")
-        targets = targets or {}
-        out = {}
-        loss = 0.0
-        for stream, batch in batches.items():
-            if batch is None:
-                continue
+        batches = {stream: batch for stream, batch in batches.items() if batch is not None}
+        for stream in batches:
             if self._decoder(stream) is None:
                 raise ValueError(f"a {stream} batch was given to a pretrainer built with streams={self.streams!r}")
+        targets = dict(targets or {})
+        for stream, batch in batches.items():
             cell_mask = batch["mask"]
-            tokens = targets[stream] if stream in targets else self.target_tokens(batch[f"{stream}_tok"], cell_mask)
+            if stream not in targets:
+                targets[stream] = self.target_tokens(batch[f"{stream}_tok"], cell_mask)
             loss_mask = mask_to_token_grid(cell_mask) if stream == "video" else cell_mask  # (B,[T],h,w)
-            if loss_mask.shape != tokens.shape:
+            if loss_mask.shape != targets[stream].shape:
                 raise ValueError(
-                    f"{stream} mask {tuple(cell_mask.shape)} does not match the token grid {tuple(tokens.shape)} "
+                    f"{stream} mask {tuple(cell_mask.shape)} does not match the token grid {tuple(targets[stream].shape)} "
                     f"of the tokenizer view {tuple(batch[f'{stream}_tok'].shape)}"
                 )
-            features = self.decode_features(batch[stream], cell_mask)  # (B,[T],h,w,8C)
+        # both streams through one pass of the shared encoder (see VideoSwinEncoder.forward_streams)
+        stages = self.encoder.forward_streams([(b[stream], mask_to_patch_grid(b["mask"])) for stream, b in batches.items()])
+        out = {}
+        loss = 0.0
+        for (stream, batch), stream_stages in zip(batches.items(), stages):
+            cell_mask, tokens = batch["mask"], targets[stream]
+            features = self._decoder(stream)(stream_stages["stage3"], stream_stages["stage4"])  # (B,[T],h,w,8C)
             # Only masked cells reach the classifier: the loss ignores the rest, and the 8C x vocab
             # head is a large share of the compute. Their rows come from the host mask when the
             # batch has one, so neither the selection nor the count waits for the device.

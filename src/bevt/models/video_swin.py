@@ -4,18 +4,23 @@ Architecture from "Video Swin Transformer" (Liu et al., CVPR 2022) with the BEVT
 (section 3 of the BEVT paper): an image stream with its own 2D patch embedding that runs through
 the same blocks as a one-step clip, and one learnable mask token shared by both streams.
 
-Shapes: B batch, T frames, H/W pixels, T' = T/2 temporal patch steps, C = embed_dim; features
-between modules are channels last, (B,T',H',W',C).
+Shapes: B batch, T frames, H/W pixels, T' = T/2 temporal patch steps, C = embed_dim. Between
+modules the tokens of every stream are the rows of one (rows, C) matrix: each stream's
+(B,T',H',W') grid in row-major order, one stream after the other. BEVT's joint step sends its
+image and video batches through the shared blocks together, so every per-token layer (norms,
+attention projections, MLP) runs once per block on both streams' rows, and only the window
+attention runs per stream (`TokenGrid`, `WindowLayout`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -137,6 +142,55 @@ def window_partition(x, window):
 
 
 # ----------------------------------------------------------------------------------------------
+# Token layout: several streams' grids as the rows of one matrix
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """One stream's rows in the encoder's token matrix: `batch` samples of a (T',H',W') grid
+    each, row-major. `released_image_windows`: the stream takes the released image stream's
+    windows (`released_image_window`)."""
+
+    batch: int
+    size: tuple[int, int, int]
+    released_image_windows: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.batch * math.prod(self.size)
+
+    def merged(self) -> TokenGrid:
+        """The grid after patch merging (H', W' halved, rounded up)."""
+        t, h, w = self.size
+        return TokenGrid(self.batch, (t, -(-h // 2), -(-w // 2)), self.released_image_windows)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowLayout:
+    """A stream's windows in one block: its grid, the (clipped) window, the shift (zero in
+    unshifted blocks), the bias-table row of every token pair, and the shift mask or None."""
+
+    grid: TokenGrid
+    window: tuple[int, int, int]
+    shift: tuple[int, int, int]
+    bias_index: torch.Tensor
+    shift_mask: torch.Tensor | None
+
+
+def split_rows(x: torch.Tensor, grids) -> list[torch.Tensor]:
+    """(rows, C) -> each stream's (B,T',H',W',C) view. One split, whose backward is one copy."""
+    parts = torch.split(x, [g.rows for g in grids]) if len(grids) > 1 else (x,)
+    return [part.view(g.batch, *g.size, x.shape[-1]) for part, g in zip(parts, grids)]
+
+
+def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Streams' (..., C) tensors -> their rows, one stream after the other: (rows, C)."""
+    rows = [part.reshape(-1, part.shape[-1]) for part in parts]
+    return torch.cat(rows) if len(rows) > 1 else rows[0]
+
+
+# ----------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------
 
@@ -166,8 +220,9 @@ class PatchEmbed(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention within (shifted) windows plus a learned relative-position bias.
 
-    Holds the parameters; the window layout comes from the stage, which computes it once per
-    input shape for all its blocks.
+    Holds the parameters; the window layout of each stream comes from the stage, which computes
+    it once per input shape for all its blocks. The qkv and output projections are per token,
+    the attention per stream.
     """
 
     def __init__(self, dim, num_heads, window_size):
@@ -180,10 +235,19 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x, window, shift, bias_index, shift_mask):
-        """x (B,T',H',W',C) normalised -> (B,T',H',W',C); `shift_mask` (nW,1,N,N) or None."""
+    def forward(self, x, layouts):
+        """x (rows, C) normalised, `layouts` one `WindowLayout` per stream -> (rows, C)."""
+        grids = [layout.grid for layout in layouts]
+        # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
+        table = self.relative_position_bias_table.t().contiguous()
+        streams = [self._attend(part, layout, table) for part, layout in zip(split_rows(x, grids), layouts)]
+        return self.proj(join_rows(streams))
+
+    def _attend(self, x, layout, table):
+        """One stream: x (B,T',H',W',C) -> attention output before the projection, same shape."""
         b, t, h, w, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
+        window, shift, shift_mask = layout.window, layout.shift, layout.shift_mask
         (wt, wh, ww), n = window, math.prod(window)
         padded = tuple(-(-s // ws) * ws for s, ws in zip((t, h, w), window))
         nt, nh, nw = (p // ws for p, ws in zip(padded, window))
@@ -191,8 +255,7 @@ class WindowAttention(nn.Module):
         if padded != (t, h, w):  # pad tokens are zero before qkv, as in the references
             x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
         rolled = shift_mask is not None and any(shift)
-        # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
-        bias = self.relative_position_bias_table.t().contiguous().index_select(1, bias_index).view(heads, n, n)
+        bias = table.index_select(1, layout.bias_index).view(heads, n, n)
 
         if rolled:
             # one gather takes the tokens of the rolled grid in window order: (B, nW*N, C)
@@ -209,9 +272,24 @@ class WindowAttention(nn.Module):
         else:  # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
             out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
             out = out.reshape(b, *padded, c)
-        if padded != (t, h, w):
-            out = out[:, :t, :h, :w]
-        return self.proj(out)
+        return out[:, :t, :h, :w] if padded != (t, h, w) else out
+
+
+class DropSamples(nn.Module):
+    """Stochastic depth on token rows: each sample's rows are dropped together with probability
+    `drop_prob` and the kept ones scaled by 1/(1 - drop_prob), as timm's DropPath does to a
+    (B, ...) tensor; the sample of a row comes from the streams' grids."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x, grids):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        scale = [x.new_empty(g.batch, 1).bernoulli_(keep).div_(keep).repeat_interleave(math.prod(g.size), 0) for g in grids]
+        return x * (torch.cat(scale) if len(scale) > 1 else scale[0])
 
 
 class SwinBlock(nn.Module):
@@ -227,11 +305,12 @@ class SwinBlock(nn.Module):
         # timm's Mlp wraps its hidden and output tensors in nn.Dropout(0.0), which in training
         # copies both every step; Swin blocks use no dropout, so those layers are identities.
         self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropSamples(drop_path)
 
-    def forward(self, x, window, shift, bias_index, shift_mask):
-        x = x + self.drop_path(self.attn(self.norm1(x), window, shift, bias_index, shift_mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x, layouts):  # x (rows, C), one WindowLayout per stream
+        grids = [layout.grid for layout in layouts]
+        x = x + self.drop_path(self.attn(self.norm1(x), layouts), grids)
+        return x + self.drop_path(self.mlp(self.norm2(x)), grids)
 
 
 class PatchMerging(nn.Module):
@@ -242,23 +321,26 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
-    def forward(self, x):  # (B,T',H,W,C) -> (B,T',H/2,W/2,2C)
-        b, t, h, w, c = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = h + h % 2, w + w % 2
-        # (row, column) neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference checkpoints:
-        # column-major within each 2x2 cell. One permuted copy, forward and backward (four strided
-        # slices and a cat cost a zero-filled full-size gradient per slice in the backward).
-        x = x.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6).reshape(b, t, h // 2, w // 2, 4 * c)
-        return self.reduction(self.norm(x))
+    def forward(self, x, grids):  # (rows, C) of `grids` -> (rows of the merged grids, 2C)
+        merged = []
+        for part in split_rows(x, grids):
+            b, t, h, w, c = part.shape
+            if h % 2 or w % 2:
+                part = F.pad(part, (0, 0, 0, w % 2, 0, h % 2))
+                h, w = h + h % 2, w + w % 2
+            # (row, column) neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference
+            # checkpoints: column-major within each 2x2 cell. One permuted copy, forward and
+            # backward (four strided slices and a cat cost a zero-filled full-size gradient per
+            # slice in the backward).
+            merged.append(part.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6).reshape(b, t, h // 2, w // 2, 4 * c))
+        return self.reduction(self.norm(join_rows(merged)))
 
 
 class SwinStage(nn.Module):
     """Blocks of one resolution, alternating regular and shifted windows, then `downsample`.
 
-    The stage computes the window geometry (clipped window and shift, bias index, shift mask)
-    once per forward for all its blocks; the encoder calls `downsample` itself because BEVT
+    The stage computes each stream's window layout (clipped window and shift, bias index, shift
+    mask) once per forward for all its blocks; the encoder calls `downsample` itself because BEVT
     needs the stage output before merging.
     """
 
@@ -274,26 +356,29 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def forward(self, x, released_image_windows=False):  # (B,T',H,W,C) -> same
-        """`released_image_windows`: windows of the released image stream (see
-        `released_image_window`), whose shift mask every block applies, the unshifted ones too."""
-        size = tuple(x.shape[1:4])
-        if released_image_windows:
-            window, shift = released_image_window(size, self.window_size)
+    def window_layouts(self, grid: TokenGrid, device) -> dict[bool, WindowLayout]:
+        """A stream's layout in unshifted (False) and shifted (True) blocks. The released image
+        stream's windows apply the shift mask in every block, rolled by 0 in unshifted ones."""
+        if grid.released_image_windows:
+            window, shift = released_image_window(grid.size, self.window_size)
         else:
-            window, shift = clip_window(size, self.window_size, tuple(w // 2 for w in self.window_size))
-        bias_index = relative_position_index(window, self.window_size, self.reference_bias_slicing, x.device)
-        padded = tuple(-(-s // w) * w for s, w in zip(size, window))
-        mask = shift_window_mask(padded, window, shift, x.device) if any(shift) else None
+            window, shift = clip_window(grid.size, self.window_size, tuple(w // 2 for w in self.window_size))
+        bias_index = relative_position_index(window, self.window_size, self.reference_bias_slicing, device)
+        padded = tuple(-(-s // w) * w for s, w in zip(grid.size, window))
+        mask = shift_window_mask(padded, window, shift, device) if any(shift) else None
+        return {
+            False: WindowLayout(grid, window, (0, 0, 0), bias_index, mask if grid.released_image_windows else None),
+            True: WindowLayout(grid, window, shift, bias_index, mask),
+        }
+
+    def forward(self, x, grids):  # (rows, C) of `grids` -> same
+        per_stream = [self.window_layouts(grid, x.device) for grid in grids]
         for block in self.blocks:
-            if released_image_windows:  # rolled by 0: the mask applies to unshifted windows
-                args = (window, shift if block.shifted else (0, 0, 0), bias_index, mask)
-            else:
-                args = (window, shift, bias_index, mask if block.shifted else None)
+            layouts = [layouts_of_stream[block.shifted] for layouts_of_stream in per_stream]
             if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, *args, use_reentrant=False)
+                x = checkpoint(block, x, layouts, use_reentrant=False)
             else:
-                x = block(x, *args)
+                x = block(x, layouts)
         return x
 
 
@@ -357,21 +442,34 @@ class VideoSwinEncoder(nn.Module):
         `mask`: bool, (B,T',H/4,W/4) for video or (B,H/4,W/4) for images; True positions get the
         mask token after the patch-embedding LayerNorm.
         """
-        released_image_windows = x.dim() == 4 and self.image_shift_mask == "official"
-        if x.dim() == 5:
-            x = self.patch_embed(x)  # (B,T',H/4,W/4,C)
-        else:
-            x = self.patch_embed_2d(x).unsqueeze(1)  # (B,1,H/4,W/4,C): a one-step clip
-            mask = None if mask is None else mask.unsqueeze(1)
-        if mask is not None:
-            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        return self.forward_streams([(x, mask)])[0]
+
+    def forward_streams(self, streams):
+        """[(pixels, mask), ...] -> one `forward_features` dict per stream, from one pass of the
+        blocks over all streams' tokens (e.g. BEVT's image and video batches): each block's
+        per-token layers run once on the rows of all streams, its window attention per stream.
+        Each stream's result is the one `forward_features` gives it alone, up to rounding."""
+        tokens, grids = [], []
+        for x, mask in streams:
+            released_image_windows = x.dim() == 4 and self.image_shift_mask == "official"
+            if x.dim() == 5:
+                x = self.patch_embed(x)  # (B,T',H/4,W/4,C)
+            else:
+                x = self.patch_embed_2d(x).unsqueeze(1)  # (B,1,H/4,W/4,C): a one-step clip
+                mask = None if mask is None else mask.unsqueeze(1)
+            if mask is not None:
+                x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+            tokens.append(x)
+            grids.append(TokenGrid(x.shape[0], tuple(x.shape[1:4]), released_image_windows))
+        x = join_rows(tokens)
         features = {}
         for i, stage in enumerate(self.layers):
-            x = stage(x, released_image_windows)
-            features[f"stage{i + 1}"] = x
+            x = stage(x, grids)
+            features[f"stage{i + 1}"] = split_rows(x, grids)
             if stage.downsample is not None:
-                x = stage.downsample(x)
-        return {"stage3": features["stage3"], "stage4": features["stage4"]}
+                x = stage.downsample(x, grids)
+                grids = [grid.merged() for grid in grids]
+        return [{"stage3": stage3, "stage4": stage4} for stage3, stage4 in zip(features["stage3"], features["stage4"])]
 
     def forward(self, x, mask=None):  # (B,3,[T],H,W) -> (B,8C)
         """Pooled feature: final norm on stage 4, averaged over all positions."""
