@@ -346,6 +346,28 @@ def test_recipe_clip_reaches_the_optimizer_step():
     assert float(step.norm()) == pytest.approx(40.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("fp16_scaler", [False, True])
+def test_fused_adamw_applies_the_clip_in_its_update(fp16_scaler):
+    """With a fused AdamW the clip scale rides in the optimizer's kernel (grad_scale): the step
+    equals clip_grad_norm_ then the step, and no scale is left on the optimizer. eps=1 makes the
+    update depend on the gradients' scale (Adam's first step is otherwise scale-free)."""
+    torch.manual_seed(0)
+    model, reference = nn.Linear(3, 2), nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0, eps=1.0, fused=True)
+    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1.0, eps=1.0, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=fp16_scaler, init_scale=1024.0)
+    metrics = train_step(model, _OneBatch(), optimizer, scaler, "fp32", torch.device("cpu"), accum_steps=1,
+                         clip_grad=40.0, timer=StepTimer(torch.device("cpu")))
+    _OneBatch().forward(reference, _OneBatch().next_batch())["loss"].backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 40.0)
+    reference_optimizer.step()
+    assert float(metrics["grad_norm"]) == pytest.approx(float(norm), rel=1e-6) and float(norm) > 1000
+    for ours, expected in zip(model.parameters(), reference.parameters()):
+        assert (ours - expected).abs().max() < 1e-6
+    assert not hasattr(optimizer, "grad_scale") and not hasattr(optimizer, "found_inf")
+
+
 def _aligned_false_resize(table, new_offsets):
     """Linear resize along the temporal offsets, PyTorch's align_corners=False convention: output
     row r reads input position (r + 0.5) * in / out - 0.5, clamped at 0."""

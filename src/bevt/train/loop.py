@@ -16,7 +16,7 @@ from bevt.config import Config
 from bevt.errors import TrainingDiverged
 from bevt.distributed import DistEnv, autocast, gradient_sync, mean_over_ranks, sum_over_ranks, unwrap
 from bevt.train.logging import RunLogger, StepTimer
-from bevt.train.optim import Schedule, set_lr
+from bevt.train.optim import Schedule, clip_gradients, set_lr
 
 
 def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device: torch.device,
@@ -41,9 +41,10 @@ def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device
     with timer.phase("optimizer"):
         if clip_grad is not None:
             scaler.unscale_(optimizer)
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad).detach().float()
+            metrics["grad_norm"] = clip_gradients(model, optimizer, clip_grad).detach().float()
         scaler.step(optimizer)
         scaler.update()
+        optimizer.__dict__.pop("grad_scale", None)  # clip_gradients' scale, used once
         optimizer.zero_grad(set_to_none=True)
     if timer.active:
         timer.steps += 1
