@@ -466,10 +466,11 @@ def test_encoder_compiles_as_one_graph_with_eager_numbers():
     torch.manual_seed(0)
     encoder = randomise_bias_tables(create_model("debug"))
     video, mask = torch.randn(2, 3, 4, 32, 32), torch.rand(2, 2, 8, 8) < 0.5
+    params = [p for name, p in encoder.named_parameters() if not name.startswith("patch_embed_2d.")]  # video only
     eager = encoder(video, mask)
-    eager_grads = torch.autograd.grad(eager.square().sum(), list(encoder.parameters()))
+    eager_grads = torch.autograd.grad(eager.square().sum(), params)
     compiled = torch.compile(encoder, fullgraph=True, backend="aot_eager")(video, mask)
-    compiled_grads = torch.autograd.grad(compiled.square().sum(), list(encoder.parameters()))
+    compiled_grads = torch.autograd.grad(compiled.square().sum(), params)
     assert torch.allclose(compiled, eager, atol=1e-5)
     for mine, theirs in zip(compiled_grads, eager_grads, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-4)

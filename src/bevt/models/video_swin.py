@@ -104,33 +104,87 @@ def shift_window_mask(padded_size, window, shift, device):
         return mask.unsqueeze(1).to(device)
 
 
+def shifted_window_order(padded_size, window, shift):
+    """Token permutation of a shifted block on one sample: for each position of the shifted
+    windows (windows and their tokens row-major), the flat (t,h,w) index of the padded feature it
+    holds. One gather by it replaces the cyclic roll (one copy per rolled axis) plus the window
+    partition, forward and backward."""
+    grid = torch.arange(math.prod(padded_size), device="cpu").view(padded_size)
+    rolled = torch.roll(grid, shifts=[-s for s in shift], dims=(0, 1, 2))
+    return window_partition(rolled[None, ..., None], window).reshape(-1)
+
+
 @functools.lru_cache(maxsize=128)
-def shifted_window_order(padded_size, window, shift, device):
-    """Token permutation of a shifted block: for each position of the shifted windows (windows
-    and their tokens row-major), the flat (t,h,w) index of the padded feature it holds, and the
-    inverse permutation. One gather by it replaces the cyclic roll (one copy per rolled axis)
-    plus the window partition, forward and backward."""
-    with torch.inference_mode(False):
-        grid = torch.arange(math.prod(padded_size), device="cpu").view(padded_size)
-        rolled = torch.roll(grid, shifts=[-s for s in shift], dims=(0, 1, 2))
-        order = window_partition(rolled[None, ..., None], window).reshape(-1)
+def window_row_order(streams, device):
+    """Row permutation of the token matrix in a block where some stream rolls: `streams` holds
+    (batch, padded size, window, shift) per stream; the rows of a stream with a shift are put in
+    shifted-window order, sample by sample, the others stay. -> (order, inverse)."""
+    with torch.inference_mode(False):  # cached tensors must be usable by later autograd passes
+        orders, start = [], 0
+        for batch, padded, window, shift in streams:
+            cells = math.prod(padded)
+            per_sample = shifted_window_order(padded, window, shift) if any(shift) else torch.arange(cells, device="cpu")
+            orders.append((start + torch.arange(batch, device="cpu")[:, None] * cells + per_sample).reshape(-1))
+            start += batch * cells
+        order = torch.cat(orders)
         inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel())
+        inverse[order] = torch.arange(order.numel(), device="cpu")
         return order.to(device), inverse.to(device)
 
 
-class _GatherTokens(torch.autograd.Function):
-    """`x.index_select(1, order)` for a permutation `order` of dim 1, whose backward is the gather
-    by the inverse permutation: index_select's own backward would scatter-add into zeros."""
+class _GatherRows(torch.autograd.Function):
+    """`x.index_select(0, order)` for a permutation `order` of the rows, whose backward is the
+    gather by the inverse permutation: index_select's own backward would scatter-add into zeros."""
 
     @staticmethod
     def forward(ctx, x, order, inverse):
         ctx.inverse = inverse
-        return x.index_select(1, order)
+        return x.index_select(0, order)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.index_select(1, ctx.inverse), None, None
+        return grad.index_select(0, ctx.inverse), None, None
+
+
+class _RowViews(torch.autograd.Function):
+    """(rows, C) -> consecutive blocks of rows as views of the given shapes (each shape's last
+    dims may split C). The backward copies the blocks' gradients, whatever their strides, into
+    one (rows, C) tensor: one copy, where a split and a reshape of each permuted gradient would
+    make two."""
+
+    @staticmethod
+    def forward(ctx, x, shapes):
+        ctx.shapes, ctx.channels = shapes, x.shape[1]
+        parts = torch.split(x, [math.prod(shape) // x.shape[1] for shape in shapes])
+        return tuple(part.view(shape) for part, shape in zip(parts, shapes))
+
+    @staticmethod
+    def backward(ctx, *grads):  # a block without a gradient arrives as zeros
+        rows = [math.prod(shape) // ctx.channels for shape in ctx.shapes]
+        grad_x = grads[0].new_empty(sum(rows), ctx.channels)
+        for part, grad in zip(torch.split(grad_x, rows), grads):
+            part.view(grad.shape).copy_(grad)
+        return grad_x, None
+
+
+class _JoinRows(torch.autograd.Function):
+    """Tensors of any shapes and strides, each ending in C elements per row -> their rows one
+    after another, (rows, C), written by one copy each; the backward hands each tensor its rows
+    of the gradient as a view of its shape."""
+
+    @staticmethod
+    def forward(ctx, channels, *parts):
+        ctx.shapes = [part.shape for part in parts]
+        out = parts[0].new_empty(sum(part.numel() for part in parts) // channels, channels)
+        for rows, part in zip(torch.split(out, [part.numel() // channels for part in parts]), parts):
+            rows.view(part.shape).copy_(part)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        channels = grad.shape[1]
+        rows = torch.split(grad, [math.prod(shape) // channels for shape in ctx.shapes])
+        return (None, *(part.view(shape) for part, shape in zip(rows, ctx.shapes)))
 
 
 def window_partition(x, window):
@@ -236,43 +290,54 @@ class WindowAttention(nn.Module):
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x, layouts):
-        """x (rows, C) normalised, `layouts` one `WindowLayout` per stream -> (rows, C)."""
+        """x (rows, C) normalised, `layouts` one `WindowLayout` per stream -> (rows, C).
+
+        All streams share the qkv and output projections (one matmul each) and the gather that
+        takes rolled streams' tokens into window order; the attention runs per stream, on its
+        own windows, bias and mask.
+        """
+        c = x.shape[1]
+        heads, d = self.num_heads, c // self.num_heads
         grids = [layout.grid for layout in layouts]
+        padded = [tuple(-(-s // w) * w for s, w in zip(g.size, layout.window)) for g, layout in zip(grids, layouts)]
+        padding = [p != g.size for p, g in zip(padded, grids)]
+        if any(padding):  # pad tokens are zero before qkv, as in the references
+            x = join_rows([F.pad(part, (0, 0, 0, p[2] - g.size[2], 0, p[1] - g.size[1], 0, p[0] - g.size[0]))
+                           for part, p, g in zip(split_rows(x, grids), padded, grids)])
+        rolled = [layout.shift_mask is not None and any(layout.shift) for layout in layouts]
+        if any(rolled):  # one gather takes the rolled streams' tokens into window order
+            order, inverse = window_row_order(
+                tuple((g.batch, p, layout.window, layout.shift if r else (0, 0, 0))
+                      for g, p, layout, r in zip(grids, padded, layouts, rolled)), x.device)
+            x = _GatherRows.apply(x, order, inverse)
+        # qkv is per token, so project all rows at once; each stream's view then partitions its
+        # windows (one copy, in the attention kernel's reshape)
+        shapes = []
+        for g, p, layout, r in zip(grids, padded, layouts, rolled):
+            (wt, wh, ww), (nt, nh, nw) = layout.window, (s // w for s, w in zip(p, layout.window))
+            shapes.append((g.batch, nt * nh * nw, math.prod(layout.window), 3, heads, d) if r else
+                          (g.batch, nt, wt, nh, wh, nw, ww, 3, heads, d))
+        qkv_views = _RowViews.apply(self.qkv(x), tuple(shapes))
         # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU
         table = self.relative_position_bias_table.t().contiguous()
-        streams = [self._attend(part, layout, table) for part, layout in zip(split_rows(x, grids), layouts)]
-        return self.proj(join_rows(streams))
-
-    def _attend(self, x, layout, table):
-        """One stream: x (B,T',H',W',C) -> attention output before the projection, same shape."""
-        b, t, h, w, c = x.shape
-        heads, d = self.num_heads, c // self.num_heads
-        window, shift, shift_mask = layout.window, layout.shift, layout.shift_mask
-        (wt, wh, ww), n = window, math.prod(window)
-        padded = tuple(-(-s // ws) * ws for s, ws in zip((t, h, w), window))
-        nt, nh, nw = (p // ws for p, ws in zip(padded, window))
-        windows = nt * nh * nw
-        if padded != (t, h, w):  # pad tokens are zero before qkv, as in the references
-            x = F.pad(x, (0, 0, 0, padded[2] - w, 0, padded[1] - h, 0, padded[0] - t))
-        rolled = shift_mask is not None and any(shift)
-        bias = table.index_select(1, layout.bias_index).view(heads, n, n)
-
-        if rolled:
-            # one gather takes the tokens of the rolled grid in window order: (B, nW*N, C)
-            order, inverse = shifted_window_order(padded, window, shift, x.device)
-            x = _GatherTokens.apply(x.reshape(b, -1, c), order, inverse)
-            qkv = self.qkv(x).view(b, windows, n, 3, heads, d).permute(3, 0, 1, 4, 2, 5)
-        else:
-            # qkv is per token, so project first; one copy then partitions the windows
-            qkv = self.qkv(x).view(b, nt, wt, nh, wh, nw, ww, 3, heads, d).permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9)
-        out = window_attention(qkv.reshape(3, b, windows, heads, n, d), bias, shift_mask)  # (B, nW, heads, N, d)
-
-        if rolled:  # tokens back to grid order: one copy to (B, nW*N, C), one gather
-            out = _GatherTokens.apply(out.transpose(2, 3).reshape(b, -1, c), inverse, order).view(b, *padded, c)
-        else:  # one copy back: (B, nW, heads, N, d) -> (B, T'p, H'p, W'p, C)
-            out = out.view(b, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8)
-            out = out.reshape(b, *padded, c)
-        return out[:, :t, :h, :w] if padded != (t, h, w) else out
+        outputs = []
+        for qkv, g, p, layout, r in zip(qkv_views, grids, padded, layouts, rolled):
+            (wt, wh, ww), (nt, nh, nw) = layout.window, (s // w for s, w in zip(p, layout.window))
+            n, windows = wt * wh * ww, nt * nh * nw
+            qkv = qkv.permute(3, 0, 1, 4, 2, 5) if r else qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9)
+            bias = table.index_select(1, layout.bias_index).view(heads, n, n)
+            out = window_attention(qkv.reshape(3, g.batch, windows, heads, n, d), bias, layout.shift_mask)
+            # (B, nW, heads, N, d) -> the stream's rows: in window order where it rolled, else in
+            # grid order; one copy for all streams (_JoinRows)
+            outputs.append(out.transpose(2, 3) if r else
+                           out.view(g.batch, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8))
+        x = _JoinRows.apply(c, *outputs)
+        if any(rolled):  # back to grid order
+            x = _GatherRows.apply(x, inverse, order)
+        if any(padding):
+            x = join_rows([part[:, : g.size[0], : g.size[1], : g.size[2]]
+                           for part, g in zip(split_rows(x, [TokenGrid(g.batch, p) for g, p in zip(grids, padded)]), grids)])
+        return self.proj(x)
 
 
 class DropSamples(nn.Module):

@@ -113,7 +113,7 @@ class _CpuWindowAttention(torch.autograd.Function):
         grad_rowsum = torch.cat([grad_out, neg_row_dot], dim=-1)
         grad_qkv = qkv.new_empty(qkv.shape)  # contiguous, so this step's slices view into it
         grad_q, grad_k, grad_v = grad_qkv.unbind(0)
-        grad_bias = torch.zeros(bias.shape, dtype=torch.promote_types(bias.dtype, torch.float32))
+        grad_bias = None  # the first step's sum, then accumulated in float32 at least
         window_step = max(1, BACKWARD_STEP_FLOATS // (heads * n * n))
         batch_step = max(1, window_step // windows)
         # every step's two (N,N) temporaries reuse two buffers of at most BACKWARD_STEP_FLOATS
@@ -139,7 +139,10 @@ class _CpuWindowAttention(torch.autograd.Function):
                 # d(scores) = P * (dP - rowsum(dO * O)); summed over samples and windows, d(bias)
                 torch.bmm(rows(grad_rowsum), rows(v_ones).transpose(1, 2), out=grad_scores)
                 grad_scores.mul_(probs)
-                grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
+                if grad_bias is None:
+                    grad_bias = grad_scores.view(-1, heads, n, n).sum(0, dtype=torch.promote_types(bias.dtype, torch.float32))
+                else:
+                    grad_bias += grad_scores.view(-1, heads, n, n).sum(0)
                 grad_q_step, grad_k_step = rows(grad_q), rows(grad_k)
                 torch.baddbmm(grad_q_step, grad_scores, ks, beta=0, alpha=scale, out=grad_q_step)
                 torch.baddbmm(grad_k_step, grad_scores.transpose(1, 2), qs, beta=0, alpha=scale, out=grad_k_step)
