@@ -114,8 +114,12 @@ def test_only_frames_with_masked_cells_are_tokenized_and_the_loss_is_unchanged()
     full = {name: pretrainer.target_tokens(b[f"{name}_tok"]) for name, b in (("image", image_batch), ("video", video_batch))}
     partial = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["mask"])
                for name, b in (("image", image_batch), ("video", video_batch))}
+    seen.append("streams")
+    together = pretrainer.target_tokens_streams([(image_batch["image_tok"], image_batch["mask"]),
+                                                 (video_batch["video_tok"], video_batch["mask"])])
     hook.remove()
-    assert seen == [2, 16, 1, 12]
+    assert seen == [2, 16, 1, 12, "streams", 13]  # both streams' frames in one call
+    assert torch.equal(together[0], partial["image"]) and torch.equal(together[1], partial["video"])
     assert torch.equal(partial["video"][0, 2:6], torch.full_like(partial["video"][0, 2:6], NOT_A_TARGET))
     assert torch.equal(partial["video"][1], full["video"][1]) and torch.equal(partial["image"][0], full["image"][0])
     torch.manual_seed(1)

@@ -76,10 +76,12 @@ class BEVTPretrainer(nn.Module):
             if self._decoder(stream) is None:
                 raise ValueError(f"a {stream} batch was given to a pretrainer built with streams={self.streams!r}")
         targets = dict(targets or {})
+        untokenized = [stream for stream in batches if stream not in targets]
+        if untokenized:
+            tokens = self.target_tokens_streams([(batches[s][f"{s}_tok"], batches[s]["mask"]) for s in untokenized])
+            targets.update(zip(untokenized, tokens))
         for stream, batch in batches.items():
             cell_mask = batch["mask"]
-            if stream not in targets:
-                targets[stream] = self.target_tokens(batch[f"{stream}_tok"], cell_mask)
             loss_mask = mask_to_token_grid(cell_mask) if stream == "video" else cell_mask  # (B,[T],h,w)
             if loss_mask.shape != targets[stream].shape:
                 raise ValueError(
@@ -134,25 +136,47 @@ class BEVTPretrainer(nn.Module):
         tokens); the others get NOT_A_TARGET, which the loss never reads. A mask on the host
         (as the loader made it) picks those frames without waiting for the device.
         """
+        return self.target_tokens_streams([(tokenizer_view, cell_mask)])[0]
+
+    def target_tokens_streams(self, views: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+        """`target_tokens` of several streams [(tokenizer view, cell mask or None), ...], from one
+        call of the tokenizer on all their frames that need tokens (when the frames share a size)."""
         parameter = next(self.tokenizer.parameters())
-        if parameter.device != tokenizer_view.device:
-            self.tokenizer.to(tokenizer_view.device)
-        video = tokenizer_view.dim() == 5
-        pixels = tokenizer_view.transpose(1, 2).flatten(0, 1) if video else tokenizer_view  # (B*[T],3,h,w)
-        if cell_mask is None:
-            ids = self.tokenizer.encode(pixels)
-        else:
-            loss_mask = mask_to_token_grid(cell_mask) if video else cell_mask  # (B,[T],h,w)
+        if parameter.device != views[0][0].device:
+            self.tokenizer.to(views[0][0].device)
+        plans, frames = [], []
+        for tokenizer_view, cell_mask in views:
+            video = tokenizer_view.dim() == 5
+            pixels = tokenizer_view.transpose(1, 2).flatten(0, 1) if video else tokenizer_view  # (B*[T],3,h,w)
             grid = tuple(s // self.tokenizer.downsample for s in pixels.shape[-2:])
-            if loss_mask.shape != tokenizer_view.shape[:1] + tokenizer_view.shape[2:-2] + grid:
-                raise ValueError(f"mask {tuple(cell_mask.shape)} does not match the token grid of the tokenizer "
-                                 f"view {tuple(tokenizer_view.shape)}")
-            needed = loss_mask.flatten(0, -3).flatten(1).any(1).nonzero().squeeze(1)  # (frames,)
-            ids = torch.full((len(pixels), *grid), NOT_A_TARGET, dtype=torch.long, device=pixels.device)
-            if len(needed):
+            needed = None
+            if cell_mask is not None:
+                loss_mask = mask_to_token_grid(cell_mask) if video else cell_mask  # (B,[T],h,w)
+                if loss_mask.shape != tokenizer_view.shape[:1] + tokenizer_view.shape[2:-2] + grid:
+                    raise ValueError(f"mask {tuple(cell_mask.shape)} does not match the token grid of the tokenizer "
+                                     f"view {tuple(tokenizer_view.shape)}")
+                needed = loss_mask.flatten(0, -3).flatten(1).any(1).nonzero().squeeze(1)  # (frames,)
                 needed = needed.to(pixels.device, non_blocking=True)
-                ids.index_copy_(0, needed, self.tokenizer.encode(pixels.index_select(0, needed)))
-        return ids.unflatten(0, tokenizer_view.shape[:1] + tokenizer_view.shape[2:3]) if video else ids
+                pixels_needed = pixels.index_select(0, needed)
+            else:
+                pixels_needed = pixels
+            plans.append((tokenizer_view, len(pixels), grid, needed))
+            frames.append(pixels_needed)
+        if len({f.shape[1:] for f in frames}) == 1:
+            counts = [len(f) for f in frames]
+            joined = torch.cat(frames) if len(frames) > 1 else frames[0]
+            encoded = torch.split(self.tokenizer.encode(joined), counts) if sum(counts) else [None] * len(frames)
+        else:
+            encoded = [self.tokenizer.encode(f) if len(f) else None for f in frames]
+        results = []
+        for (tokenizer_view, count, grid, needed), ids in zip(plans, encoded):
+            if needed is not None:
+                ids_needed = ids
+                ids = torch.full((count, *grid), NOT_A_TARGET, dtype=torch.long, device=tokenizer_view.device)
+                if len(needed):
+                    ids.index_copy_(0, needed, ids_needed)
+            results.append(ids.unflatten(0, tokenizer_view.shape[:1] + tokenizer_view.shape[2:3]) if tokenizer_view.dim() == 5 else ids)
+        return results
 
     def _decoder(self, stream: str) -> nn.Module | None:
         return self.image_decoder if stream == "image" else self.video_decoder

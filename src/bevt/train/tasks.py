@@ -102,11 +102,11 @@ class PretrainTask:
         return {name: {**to_device(b, self.device), "host_mask": HostMask(b["mask"])} for name, b in batches.items()}
 
     def add_targets(self, model: nn.Module, batch: dict) -> dict:
-        """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer for
-        the frames that hold masked cells (chosen on the host mask: no wait for the device)."""
-        pretrainer = unwrap(model)
-        targets = {name: pretrainer.target_tokens(b[f"{name}_tok"], b["host_mask"].mask) for name, b in batch.items()}
-        return {**batch, "targets": targets}
+        """The tokens of every stream's tokenizer view, computed by the pretrainer's tokenizer (one
+        call for all streams) for the frames that hold masked cells (chosen on the host mask: no
+        wait for the device)."""
+        tokens = unwrap(model).target_tokens_streams([(b[f"{name}_tok"], b["host_mask"].mask) for name, b in batch.items()])
+        return {**batch, "targets": dict(zip(batch, tokens))}
 
     def forward(self, model: nn.Module, batch: dict) -> dict:
         inputs = {f"{name}_batch": b for name, b in batch.items() if name != "targets"}
