@@ -394,11 +394,11 @@ class PatchMerging(nn.Module):
                 part = F.pad(part, (0, 0, 0, w % 2, 0, h % 2))
                 h, w = h + h % 2, w + w % 2
             # (row, column) neighbour order (0,0), (1,0), (0,1), (1,1) as in the reference
-            # checkpoints: column-major within each 2x2 cell. One permuted copy, forward and
-            # backward (four strided slices and a cat cost a zero-filled full-size gradient per
-            # slice in the backward).
-            merged.append(part.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6).reshape(b, t, h // 2, w // 2, 4 * c))
-        return self.reduction(self.norm(join_rows(merged)))
+            # checkpoints: column-major within each 2x2 cell. One permuted copy for all streams,
+            # forward and backward (four strided slices and a cat cost a zero-filled full-size
+            # gradient per slice in the backward).
+            merged.append(part.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6))
+        return self.reduction(self.norm(_JoinRows.apply(4 * x.shape[1], *merged)))
 
 
 class SwinStage(nn.Module):
