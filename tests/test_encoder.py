@@ -201,7 +201,6 @@ def test_mask_token_replaces_exactly_the_masked_positions(shape):
 
 def attention_calls(encoder, x):
     """(stage, block, map size, window, roll, shift mask applied) of every attention sublayer."""
-    calls = []
 
     def record(stage, block):
         def hook(module, args):
@@ -433,12 +432,38 @@ def test_every_bias_table_and_the_mask_token_get_gradients():
 
 def test_training_runs_no_dropout_in_the_blocks():
     """timm's Mlp holds nn.Dropout(0.0) layers, which in training copy the MLP's hidden and
-    output tensors; the blocks replace them, so a training step runs no dropout at all."""
+    output tensors; the blocks replace them, so a training step runs no dropout at all (under
+    bf16 autocast, where timm's forward runs rather than the CPU float32 kernel)."""
     torch.manual_seed(0)
     encoder = create_model("debug").train()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        encoder(torch.randn(1, 3, 4, 32, 32)).square().sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = encoder(torch.randn(1, 3, 4, 32, 32))
+        out.float().square().sum().backward()
     assert not [event.name for event in profile.events() if "dropout" in event.name]
+
+
+def test_cpu_mlp_backward_matches_autograd():
+    """The CPU training MLP (fc1, GELU, fc2 with a written-out backward, the GELU gradient in
+    place) against autograd through the same layers, in float64; and in float32 the block's MLP
+    takes that path and gives timm's forward's numbers."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(32, 8, dtype=torch.float64), torch.randn(32, dtype=torch.float64),
+              torch.randn(8, 32, dtype=torch.float64), torch.randn(8, dtype=torch.float64)]
+    params = [p.requires_grad_() for p in params]
+    grad = torch.randn(50, 8, dtype=torch.float64)
+    ours = video_swin._CpuMlp.apply(x, *params)
+    reference = F.linear(F.gelu(F.linear(x, params[0], params[1])), params[2], params[3])
+    assert (ours - reference).abs().max() < 1e-12
+    for a, b in zip(torch.autograd.grad(ours, [x, *params], grad), torch.autograd.grad(reference, [x, *params], grad), strict=True):
+        assert (a - b).abs().max() < 1e-10 * max(1.0, b.abs().max())
+    mlp = video_swin.SwinMlp(8, 32)
+    rows = torch.randn(50, 8, requires_grad=True)
+    out = mlp(rows)
+    assert type(out.grad_fn).__name__ == "_CpuMlpBackward"
+    with torch.no_grad():
+        assert torch.allclose(out, super(video_swin.SwinMlp, mlp).forward(rows), atol=1e-6)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

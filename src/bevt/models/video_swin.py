@@ -357,6 +357,48 @@ class DropSamples(nn.Module):
         return x * (torch.cat(scale) if len(scale) > 1 else scale[0])
 
 
+class _CpuMlp(torch.autograd.Function):
+    """fc1 -> exact GELU -> fc2 on (rows, C) for CPU training in float32, with a written-out
+    backward whose GELU gradient overwrites the hidden-size gradient it is computed from:
+    autograd allocates a new hidden-size tensor (4C per token, a block's largest) for it, which
+    on CPU costs a first touch of cold memory. The same products as autograd's."""
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        hidden = torch.addmm(fc1_bias, x, fc1_weight.t())
+        activation = F.gelu(hidden)
+        ctx.save_for_backward(x, hidden, activation, fc1_weight, fc2_weight)
+        return torch.addmm(fc2_bias, activation, fc2_weight.t())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, hidden, activation, fc1_weight, fc2_weight = ctx.saved_tensors
+        grad_hidden = grad_out.mm(fc2_weight)
+        grad_fc2_weight, grad_fc2_bias = grad_out.t().mm(activation), grad_out.sum(0)
+        torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)  # in place
+        grad_fc1_weight, grad_fc1_bias = grad_hidden.t().mm(x), grad_hidden.sum(0)
+        grad_x = grad_hidden.mm(fc1_weight) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight, grad_fc2_bias
+
+
+class SwinMlp(Mlp):
+    """timm's Mlp (fc1, exact GELU, fc2; its parameters and names) without dropout, run by
+    `_CpuMlp` in CPU float32 training."""
+
+    def __init__(self, dim, hidden):
+        super().__init__(dim, hidden)
+        # timm's Mlp wraps its hidden and output tensors in nn.Dropout(0.0), which in training
+        # copies both every step; Swin blocks use no dropout, so those layers are identities.
+        self.drop1 = self.drop2 = nn.Identity()
+
+    def forward(self, x):  # (rows, C)
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+                and self.fc1.weight.requires_grad and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling()):
+            return _CpuMlp.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        return super().forward(x)
+
+
 class SwinBlock(nn.Module):
     """Pre-norm transformer block: (shifted) window attention, then an MLP, each residual."""
 
@@ -366,10 +408,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window_size)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        # timm's Mlp wraps its hidden and output tensors in nn.Dropout(0.0), which in training
-        # copies both every step; Swin blocks use no dropout, so those layers are identities.
-        self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
+        self.mlp = SwinMlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropSamples(drop_path)
 
     def forward(self, x, layouts):  # x (rows, C), one WindowLayout per stream
