@@ -340,21 +340,23 @@ class WindowAttention(nn.Module):
         return self.proj(x)
 
 
-class DropSamples(nn.Module):
-    """Stochastic depth on token rows: each sample's rows are dropped together with probability
-    `drop_prob` and the kept ones scaled by 1/(1 - drop_prob), as timm's DropPath does to a
-    (B, ...) tensor; the sample of a row comes from the streams' grids."""
+class DropPathResidual(nn.Module):
+    """x + branch with stochastic depth on the branch: each sample's rows of it are dropped
+    together with probability `drop_prob` and the kept ones scaled by 1/(1 - drop_prob), as
+    timm's DropPath does to a (B, ...) tensor; the sample of a row comes from the streams'
+    grids. Scale and sum are one pass (addcmul)."""
 
     def __init__(self, drop_prob: float):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x, grids):
+    def forward(self, x, branch, grids):
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            return x + branch
         keep = 1.0 - self.drop_prob
-        scale = [x.new_empty(g.batch, 1).bernoulli_(keep).div_(keep).repeat_interleave(math.prod(g.size), 0) for g in grids]
-        return x * (torch.cat(scale) if len(scale) > 1 else scale[0])
+        samples = x.new_empty(sum(g.batch for g in grids), 1).bernoulli_(keep).div_(keep)
+        rows_per_sample = torch.tensor([math.prod(g.size) for g in grids for _ in range(g.batch)], device=x.device)
+        return torch.addcmul(x, branch, samples.repeat_interleave(rows_per_sample, dim=0, output_size=len(x)))
 
 
 class _CpuMlp(torch.autograd.Function):
@@ -409,12 +411,12 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = SwinMlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropSamples(drop_path)
+        self.drop_path = DropPathResidual(drop_path)
 
     def forward(self, x, layouts):  # x (rows, C), one WindowLayout per stream
         grids = [layout.grid for layout in layouts]
-        x = x + self.drop_path(self.attn(self.norm1(x), layouts), grids)
-        return x + self.drop_path(self.mlp(self.norm2(x)), grids)
+        x = self.drop_path(x, self.attn(self.norm1(x), layouts), grids)
+        return self.drop_path(x, self.mlp(self.norm2(x)), grids)
 
 
 class PatchMerging(nn.Module):
