@@ -41,7 +41,7 @@ def train_step(model: nn.Module, task, optimizer, scaler, precision: str, device
     with timer.phase("optimizer"):
         if clip_grad is not None:
             scaler.unscale_(optimizer)
-            metrics["grad_norm"] = clip_gradients(model, optimizer, clip_grad).detach().float()
+            metrics["grad_norm"] = clip_gradients(optimizer, clip_grad).detach().float()
         scaler.step(optimizer)
         scaler.update()
         optimizer.__dict__.pop("grad_scale", None)  # clip_gradients' scale, used once

@@ -103,20 +103,20 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, depths: tuple[int, ...],
     return torch.optim.AdamW(param_groups(model, cfg, depths), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
-def clip_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
-    """Scale the gradients to a global norm of at most `max_norm` (as clip_grad_norm_) -> the
-    norm before clipping.
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of the optimizer's parameters (every trainable one) to a global norm
+    of at most `max_norm`, as clip_grad_norm_ does -> the norm before clipping.
 
     A fused AdamW divides every gradient by its `grad_scale` attribute inside its one update
     pass (the hook GradScaler uses), so there the scaling is handed to it instead of making a
     pass of its own over all gradients; `scaler.step` removes the attribute, `train_step` too.
     """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
     if optimizer.defaults.get("fused") and type(total) is torch.Tensor:  # not under FSDP's DTensors
         optimizer.grad_scale = torch.clamp((total + 1e-6) / max_norm, min=1.0)
     else:
-        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, total)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
 
 
