@@ -359,8 +359,9 @@ class DropPathResidual(nn.Module):
             return x + branch
         keep = 1.0 - self.drop_prob
         samples = x.new_empty(sum(g.batch for g in grids), 1).bernoulli_(keep).div_(keep)
-        rows_per_sample = torch.tensor([math.prod(g.size) for g in grids for _ in range(g.batch)], device=x.device)
-        return torch.addcmul(x, branch, samples.repeat_interleave(rows_per_sample, dim=0, output_size=len(x)))
+        # each sample's factor repeated over its rows, from sizes known on the host (no sync)
+        scale = [factor.repeat_interleave(math.prod(g.size), 0) for factor, g in zip(samples.split([g.batch for g in grids]), grids)]
+        return torch.addcmul(x, branch, torch.cat(scale) if len(scale) > 1 else scale[0])
 
 
 class _CpuMlp(torch.autograd.Function):

@@ -69,7 +69,7 @@ def _fused_attention(qkv, attn_bias, kernel):
     else:
         q, k, v = qkv.reshape(3, b, nw * heads, n, d).unbind(0)
         mask = attn_bias.reshape(1, nw * heads, n, n)
-    result = kernel(q, k, v, attn_mask=mask.to(qkv.dtype))
+    result = kernel(q, k, v, attn_mask=mask.to(qkv.dtype).contiguous())  # a stream's bias may be a strided view
     if isinstance(result, tuple):  # the CPU kernel also returns the softmax log-normaliser
         return result[0].reshape(b, nw, heads, n, d), result[1].reshape(b, nw, heads, n)
     return result.reshape(b, nw, heads, n, d), None
