@@ -12,6 +12,7 @@ peak statistics, on CPU from the running total of PyTorch's CPU allocator in tor
 allocation events (profile_memory=True), measured in a separate, untimed step.
 
     python benchmarks/backbone.py                                   # swin_t 2x3x16x112x112 fp32 CPU
+    python benchmarks/backbone.py --keep-freed-memory               # glibc set as `bevt train` sets it on CPU
     python benchmarks/backbone.py --device cuda --dtype bf16 --batch 8 --frames 32 --size 224
 
 Imports only torch, torchvision, timm and bevt's model code (no video decoding), so it runs on a
@@ -29,6 +30,7 @@ import torchvision
 from torchvision.ops import StochasticDepth
 
 from bevt.checkpoint import load_strict
+from bevt.host_memory import keep_freed_host_memory
 from bevt.models.convert import from_torchvision
 from bevt.models import create_model
 from bevt.models import window_attention as attention_module
@@ -50,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--op-split", action="store_true",
                    help="also profile one untimed step of each model: the share of self time per op kind")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: keep freed memory in glibc's heap for reuse, as `bevt train` does on CPU "
+                        "(bevt/host_memory.py); default: glibc's own thresholds")
     p.add_argument("--cpu-attention", default="kernel", choices=["kernel", "sdpa", "both"],
                    help="bevt's CPU training attention: its kernel, SDPA's own path, or both side by side")
     return p.parse_args(argv)
@@ -126,6 +131,8 @@ def op_split(model, video, dtype) -> dict[str, float]:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_host_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
