@@ -182,7 +182,7 @@ class _JoinRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        channels = grad.shape[1]
+        grad, channels = grad.contiguous(), grad.shape[1]
         rows = torch.split(grad, [math.prod(shape) // channels for shape in ctx.shapes])
         return (None, *(part.view(shape) for part, shape in zip(rows, ctx.shapes)))
 
