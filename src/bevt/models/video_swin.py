@@ -123,7 +123,10 @@ def window_row_order(streams, device):
         orders, start = [], 0
         for batch, padded, window, shift in streams:
             cells = math.prod(padded)
-            per_sample = shifted_window_order(padded, window, shift) if any(shift) else torch.arange(cells, device="cpu")
+            if any(shift):
+                per_sample = shifted_window_order(padded, window, shift)
+            else:
+                per_sample = torch.arange(cells, device="cpu")
             orders.append((start + torch.arange(batch, device="cpu")[:, None] * cells + per_sample).reshape(-1))
             start += batch * cells
         order = torch.cat(orders)
@@ -312,12 +315,12 @@ class WindowAttention(nn.Module):
             x = _GatherRows.apply(x, order, inverse)
         # qkv is per token, so project all rows at once; each stream's view then partitions its
         # windows (one copy, in the attention kernel's reshape)
-        shapes = []
-        for g, p, layout, r in zip(grids, padded, layouts, rolled):
-            (wt, wh, ww), (nt, nh, nw) = layout.window, (s // w for s, w in zip(p, layout.window))
-            shapes.append((g.batch, nt * nh * nw, math.prod(layout.window), 3, heads, d) if r else
-                          (g.batch, nt, wt, nh, wh, nw, ww, 3, heads, d))
-        qkv_views = _RowViews.apply(self.qkv(x), tuple(shapes))
+        # windows per axis of each stream
+        counts = [tuple(s // w for s, w in zip(p, layout.window)) for p, layout in zip(padded, layouts)]
+        shapes = tuple((g.batch, math.prod(nw), math.prod(layout.window), 3, heads, d) if r else
+                       (g.batch, nw[0], layout.window[0], nw[1], layout.window[1], nw[2], layout.window[2], 3, heads, d)
+                       for g, nw, layout, r in zip(grids, counts, layouts, rolled))
+        qkv_views = _RowViews.apply(self.qkv(x), shapes)
         # a contiguous (heads, rows) table makes the gather and its backward 3x faster on CPU;
         # one gather for all streams' bias entries
         table = self.relative_position_bias_table.t().contiguous()
@@ -325,9 +328,8 @@ class WindowAttention(nn.Module):
         biases = table.index_select(1, torch.cat(indices) if len(indices) > 1 else indices[0])
         biases = torch.split(biases, [len(index) for index in indices], dim=1) if len(indices) > 1 else [biases]
         outputs = []
-        for qkv, bias, g, p, layout, r in zip(qkv_views, biases, grids, padded, layouts, rolled):
-            (wt, wh, ww), (nt, nh, nw) = layout.window, (s // w for s, w in zip(p, layout.window))
-            n, windows = wt * wh * ww, nt * nh * nw
+        for qkv, bias, g, (nt, nh, nw), layout, r in zip(qkv_views, biases, grids, counts, layouts, rolled):
+            (wt, wh, ww), n, windows = layout.window, math.prod(layout.window), nt * nh * nw
             qkv = qkv.permute(3, 0, 1, 4, 2, 5) if r else qkv.permute(7, 0, 1, 3, 5, 8, 2, 4, 6, 9)
             bias = bias.view(heads, n, n)
             out = window_attention(qkv.reshape(3, g.batch, windows, heads, n, d), bias, layout.shift_mask)
@@ -339,8 +341,8 @@ class WindowAttention(nn.Module):
         if any(rolled):  # back to grid order
             x = _GatherRows.apply(x, inverse, order)
         if any(padding):
-            x = join_rows([part[:, : g.size[0], : g.size[1], : g.size[2]]
-                           for part, g in zip(split_rows(x, [TokenGrid(g.batch, p) for g, p in zip(grids, padded)]), grids)])
+            padded_parts = split_rows(x, [TokenGrid(g.batch, p) for g, p in zip(grids, padded)])
+            x = join_rows([part[:, : g.size[0], : g.size[1], : g.size[2]] for part, g in zip(padded_parts, grids)])
         return self.proj(x)
 
 
@@ -360,7 +362,8 @@ class DropPathResidual(nn.Module):
         keep = 1.0 - self.drop_prob
         samples = x.new_empty(sum(g.batch for g in grids), 1).bernoulli_(keep).div_(keep)
         # each sample's factor repeated over its rows, from sizes known on the host (no sync)
-        scale = [factor.repeat_interleave(math.prod(g.size), 0) for factor, g in zip(samples.split([g.batch for g in grids]), grids)]
+        factors = samples.split([g.batch for g in grids])
+        scale = [factor.repeat_interleave(math.prod(g.size), 0) for factor, g in zip(factors, grids)]
         return torch.addcmul(x, branch, torch.cat(scale) if len(scale) > 1 else scale[0])
 
 
