@@ -160,7 +160,8 @@ class BEVTPretrainer(nn.Module):
                 pixels_needed = pixels.index_select(0, needed)
             else:
                 pixels_needed = pixels
-            plans.append((tokenizer_view, len(pixels), grid, needed))
+            frames_shape = tokenizer_view.shape[:1] + tokenizer_view.shape[2:3] if video else None  # (B, T)
+            plans.append((len(pixels), grid, needed, frames_shape))
             frames.append(pixels_needed)
         if len({f.shape[1:] for f in frames}) == 1:
             counts = [len(f) for f in frames]
@@ -169,13 +170,13 @@ class BEVTPretrainer(nn.Module):
         else:
             encoded = [self.tokenizer.encode(f) if len(f) else None for f in frames]
         results = []
-        for (tokenizer_view, count, grid, needed), ids in zip(plans, encoded):
-            if needed is not None:
+        for (count, grid, needed, frames_shape), ids in zip(plans, encoded):
+            if needed is not None:  # NOT_A_TARGET where no cell is masked
                 ids_needed = ids
-                ids = torch.full((count, *grid), NOT_A_TARGET, dtype=torch.long, device=tokenizer_view.device)
+                ids = torch.full((count, *grid), NOT_A_TARGET, dtype=torch.long, device=needed.device)
                 if len(needed):
                     ids.index_copy_(0, needed, ids_needed)
-            results.append(ids.unflatten(0, tokenizer_view.shape[:1] + tokenizer_view.shape[2:3]) if tokenizer_view.dim() == 5 else ids)
+            results.append(ids if frames_shape is None else ids.unflatten(0, frames_shape))
         return results
 
     def _decoder(self, stream: str) -> nn.Module | None:

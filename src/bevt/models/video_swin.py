@@ -241,10 +241,14 @@ def split_rows(x: torch.Tensor, grids) -> list[torch.Tensor]:
     return [part.view(g.batch, *g.size, x.shape[-1]) for part, g in zip(parts, grids)]
 
 
-def join_rows(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Streams' (..., C) tensors -> their rows, one stream after the other: (rows, C)."""
-    rows = [part.reshape(-1, part.shape[-1]) for part in parts]
-    return torch.cat(rows) if len(rows) > 1 else rows[0]
+def join_rows(parts: list[torch.Tensor], channels: int | None = None) -> torch.Tensor:
+    """Streams' tensors of any shapes and strides -> their rows of `channels` elements (default:
+    the last dim), one stream after the other: (rows, channels), by one copy (none for one
+    contiguous part)."""
+    channels = channels or parts[0].shape[-1]
+    if len(parts) == 1:
+        return parts[0].reshape(-1, channels)
+    return _JoinRows.apply(channels, *parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,10 +338,10 @@ class WindowAttention(nn.Module):
             bias = bias.view(heads, n, n)
             out = window_attention(qkv.reshape(3, g.batch, windows, heads, n, d), bias, layout.shift_mask)
             # (B, nW, heads, N, d) -> the stream's rows: in window order where it rolled, else in
-            # grid order; one copy for all streams (_JoinRows)
+            # grid order; one copy for all streams (join_rows)
             outputs.append(out.transpose(2, 3) if r else
                            out.view(g.batch, nt, nh, nw, heads, wt, wh, ww, d).permute(0, 1, 5, 2, 6, 3, 7, 4, 8))
-        x = _JoinRows.apply(c, *outputs)
+        x = join_rows(outputs, channels=c)
         if any(rolled):  # back to grid order
             x = _GatherRows.apply(x, inverse, order)
         if any(padding):
@@ -447,7 +451,7 @@ class PatchMerging(nn.Module):
             # forward and backward (four strided slices and a cat cost a zero-filled full-size
             # gradient per slice in the backward).
             merged.append(part.view(b, t, h // 2, 2, w // 2, 2, c).permute(0, 1, 2, 4, 5, 3, 6))
-        return self.reduction(self.norm(_JoinRows.apply(4 * x.shape[1], *merged)))
+        return self.reduction(self.norm(join_rows(merged, channels=4 * x.shape[1])))
 
 
 class SwinStage(nn.Module):
@@ -579,11 +583,12 @@ class VideoSwinEncoder(nn.Module):
         features = {}
         for i, stage in enumerate(self.layers):
             x = stage(x, grids)
-            features[f"stage{i + 1}"] = split_rows(x, grids)
+            features[f"stage{i + 1}"] = x, grids
             if stage.downsample is not None:
                 x = stage.downsample(x, grids)
                 grids = [grid.merged() for grid in grids]
-        return [{"stage3": stage3, "stage4": stage4} for stage3, stage4 in zip(features["stage3"], features["stage4"])]
+        return [{"stage3": stage3, "stage4": stage4}
+                for stage3, stage4 in zip(split_rows(*features["stage3"]), split_rows(*features["stage4"]))]
 
     def forward(self, x, mask=None):  # (B,3,[T],H,W) -> (B,8C)
         """Pooled feature: final norm on stage 4, averaged over all positions."""
