@@ -41,7 +41,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bevt.config import load_config
-from bevt.host_memory import keep_freed_host_memory
+from bevt.host_memory import back_heap_with_huge_pages, keep_freed_host_memory
 from bevt.masking import build_mask_generator
 from bevt.train.logging import StepTimer
 from bevt.distributed import autocast
@@ -228,6 +228,8 @@ def main(argv=None):
         run(precision, args.warmup)
         timers[precision].pop()
     warmup_seconds = time.perf_counter() - warmup_started
+    if device.type == "cpu":  # as `bevt train` does after its first step
+        back_heap_with_huge_pages()
     seconds = {p: [] for p in precisions}
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.rounds):

@@ -1,5 +1,7 @@
 import platform
+import re
 import resource
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,8 @@ from bevt import host_memory
 from bevt.models import create_model
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+THP = host_memory.THP_SETTINGS / "enabled"
+HUGE_PAGES = GLIBC and THP.is_file() and "[never]" not in THP.read_text()
 
 
 @pytest.mark.skipif(not GLIBC, reason="sets glibc's malloc")
@@ -31,3 +35,40 @@ def test_training_steps_reuse_freed_memory_without_page_faults(monkeypatch):
 def test_the_users_own_allocator_settings_are_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert not host_memory.keep_freed_host_memory()
+
+
+def _heap_parts():
+    """(start, end, VmFlags) of each part of this process's heap, from /proc/self/smaps."""
+    parts, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            current = [int(a, 16) for a in line.split()[0].split("-")] if line.endswith("[heap]") else None
+        elif current is not None and line.startswith("VmFlags:"):
+            parts.append((*current, line.split()[1:]))
+    return parts
+
+
+@pytest.mark.skipif(not HUGE_PAGES, reason="needs glibc and transparent huge pages")
+def test_the_heap_a_step_grew_is_advised_for_huge_pages(monkeypatch):
+    """Every page of the heap as the steps left it is marked for huge pages ("hg" in smaps),
+    which is what lets the kernel back it with them."""
+    for name in host_memory.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert host_memory.keep_freed_host_memory()
+    torch.manual_seed(0)
+    encoder = create_model("debug")
+    for _ in range(2):
+        encoder(torch.randn(4, 3, 8, 64, 64)).square().sum().backward()
+    advised = host_memory.back_heap_with_huge_pages()
+    assert advised >= 16 << 20  # the steps' buffers: tens of MB
+    page = int((host_memory.THP_SETTINGS / "hpage_pmd_size").read_text())
+    heap = _heap_parts()
+    start, end = -(-heap[0][0] // page) * page, heap[-1][1] // page * page
+    assert end - start == advised
+    inside = [flags for first, last, flags in heap if first >= start and last <= end]
+    assert inside and all("hg" in flags for flags in inside)
+
+
+def test_huge_pages_only_where_freed_memory_stays_in_the_heap(monkeypatch):
+    monkeypatch.setattr(host_memory, "_freed_memory_kept", False)
+    assert host_memory.back_heap_with_huge_pages() == 0

@@ -368,6 +368,28 @@ def test_fused_adamw_applies_the_clip_in_its_update(fp16_scaler):
     assert not hasattr(optimizer, "grad_scale") and not hasattr(optimizer, "found_inf")
 
 
+@pytest.mark.parametrize("first_step", [0, 7])
+def test_long_cpu_runs_back_their_heap_with_huge_pages_after_their_first_step(monkeypatch, first_step):
+    """Once, right after the first step of the run or of its resumption (the heap then holds a
+    step's buffers), and only when enough steps are left to repay the collapse."""
+    from bevt.train import loop
+
+    cfg = load_config("tiny_joint", ["optim.clip_grad=null", "run.checkpoint_every=1000000"])
+    for steps_left, expected in ((loop.HUGE_PAGES_MIN_STEPS, [first_step + 1]), (loop.HUGE_PAGES_MIN_STEPS - 1, [])):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.SGD([{"params": model.parameters(), "lr_scale": 1.0}], lr=1e-9)
+        state = {"step": first_step}
+        advised_at = []
+        monkeypatch.setattr(loop, "back_heap_with_huge_pages", lambda: advised_at.append(state["step"]))
+        total = first_step + 1 + steps_left
+        env = types.SimpleNamespace(device=torch.device("cpu"), world_size=1)
+        logger = types.SimpleNamespace(advance=lambda: None, log=lambda step, values: None)
+        assert loop.train(cfg, _OneBatch(), model, optimizer, torch.amp.GradScaler("cpu", enabled=False), None,
+                          Schedule(total, total, 0), state, env, logger, save_checkpoint=lambda: None)
+        assert state["step"] == total and advised_at == expected
+
+
 def _aligned_false_resize(table, new_offsets):
     """Linear resize along the temporal offsets, PyTorch's align_corners=False convention: output
     row r reads input position (r + 0.5) * in / out - 0.5, clamped at 0."""
