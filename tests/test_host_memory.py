@@ -15,21 +15,23 @@ HUGE_PAGES = GLIBC and THP.is_file() and "[never]" not in THP.read_text()
 
 
 @pytest.mark.skipif(not GLIBC, reason="sets glibc's malloc")
-def test_training_steps_reuse_freed_memory_without_page_faults(monkeypatch):
-    """After the setting, steps of the demo encoder fault (almost) no pages in; glibc's defaults
-    give about 80 a step here (freed buffers unmapped or trimmed, the next step faults them in)."""
+def test_a_freed_buffer_is_reused_without_page_faults(monkeypatch):
+    """A step's buffer freed and allocated again (here 64 MiB, like a large activation) comes
+    back without faulting its pages in. glibc's defaults serve sizes above 32 MiB with fresh
+    `mmap` pages and unmap them on free, so every reuse faults in all 16,384 pages again. The
+    heap may take a round or two to settle (an aligned allocation can miss the chunk just freed
+    by a few bytes), and on a shared machine the kernel now and then migrates pages, which the
+    next access faults back in: the best of four rounds after the first is compared."""
     for name in host_memory.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     assert host_memory.keep_freed_host_memory()
-    torch.manual_seed(0)
-    encoder = create_model("debug")
-    video = torch.randn(4, 3, 8, 64, 64)
-    for _ in range(3):
-        encoder(video).square().sum().backward()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        encoder(video).square().sum().backward()
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 15
+    pages = (64 << 20) // resource.getpagesize()
+    faults = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # allocated, touched, freed
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert min(faults[1:]) < pages // 16, faults
 
 
 def test_the_users_own_allocator_settings_are_left_alone(monkeypatch):
