@@ -30,7 +30,7 @@ import torchvision
 from torchvision.ops import StochasticDepth
 
 from bevt.checkpoint import load_strict
-from bevt.host_memory import keep_freed_host_memory
+from bevt.host_memory import back_heap_with_huge_pages, keep_freed_host_memory
 from bevt.models.convert import from_torchvision
 from bevt.models import create_model
 from bevt.models import window_attention as attention_module
@@ -53,8 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--op-split", action="store_true",
                    help="also profile one untimed step of each model: the share of self time per op kind")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="CPU: keep freed memory in glibc's heap for reuse, as `bevt train` does on CPU "
-                        "(bevt/host_memory.py); default: glibc's own thresholds")
+                   help="CPU: keep freed memory in glibc's heap for reuse and back the heap with huge pages "
+                        "after warm-up, as `bevt train` does on CPU (bevt/host_memory.py); default: glibc's "
+                        "own thresholds")
     p.add_argument("--cpu-attention", default="kernel", choices=["kernel", "sdpa", "both"],
                    help="bevt's CPU training attention: its kernel, SDPA's own path, or both side by side")
     return p.parse_args(argv)
@@ -154,6 +155,8 @@ def main(argv=None):
     for _ in range(args.warmup):
         for name in models:
             step(name)
+    if args.keep_freed_memory:  # the heap both models share, as `bevt train` does after its first step
+        back_heap_with_huge_pages()
     times = {name: [] for name in models}
     for i in range(args.repeats):
         for name in list(models)[:: 1 if i % 2 == 0 else -1]:  # alternate which model goes first
