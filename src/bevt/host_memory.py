@@ -38,6 +38,8 @@ THP_SETTINGS = Path("/sys/kernel/mm/transparent_hugepage")
 KEEP_UP_TO_BYTES = 1 << 30
 # A user's own allocator settings win (e.g. MALLOC_MMAP_THRESHOLD_=..., or jemalloc preloaded).
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+# Whether keep_freed_host_memory set the thresholds in this process.
+_freed_memory_kept = False
 
 
 def keep_freed_host_memory() -> bool:
@@ -57,9 +59,6 @@ def keep_freed_host_memory() -> bool:
     global _freed_memory_kept
     _freed_memory_kept = _freed_memory_kept or done
     return done
-
-
-_freed_memory_kept = False
 
 
 def back_heap_with_huge_pages() -> int:
