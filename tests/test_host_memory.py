@@ -64,11 +64,11 @@ def test_the_heap_a_step_grew_is_advised_for_huge_pages(monkeypatch):
     advised = host_memory.back_heap_with_huge_pages()
     assert advised >= 16 << 20  # the steps' buffers: tens of MB
     page = int((host_memory.THP_SETTINGS / "hpage_pmd_size").read_text())
-    heap = _heap_parts()
-    start, end = -(-heap[0][0] // page) * page, heap[-1][1] // page * page
-    assert end - start == advised
-    inside = [flags for first, last, flags in heap if first >= start and last <= end]
-    assert inside and all("hg" in flags for flags in inside)
+    heap = _heap_parts()  # reading smaps may grow the heap past the advised range: not compared
+    start = -(-heap[0][0] // page) * page
+    inside = [(last - first, flags) for first, last, flags in heap if first >= start and last <= start + advised]
+    assert sum(size for size, _ in inside) == advised
+    assert all("hg" in flags for _, flags in inside)
 
 
 def test_huge_pages_only_where_freed_memory_stays_in_the_heap(monkeypatch):
