@@ -20,6 +20,7 @@ system leaves huge pages to the program (`/sys/kernel/mm/transparent_hugepage/en
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -42,6 +43,12 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNA
 _freed_memory_kept = False
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL:
+    """glibc, with errno kept for `ctypes.get_errno`; OSError where there is no libc.so.6 (musl)."""
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
 def keep_freed_host_memory() -> bool:
     """Set glibc's malloc to reuse freed memory instead of returning it to the OS; True if set.
 
@@ -49,8 +56,7 @@ def keep_freed_host_memory() -> bool:
     if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _glibc().mallopt
     except (OSError, AttributeError):  # not glibc (musl has no libc.so.6)
         return False
     done = mallopt(M_MMAP_THRESHOLD, KEEP_UP_TO_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO_BYTES) == 1
@@ -85,7 +91,7 @@ def back_heap_with_huge_pages() -> int:
     start, end = -(-min(heap) // page) * page, max(heap) // page * page  # whole huge pages inside the heap
     if end <= start:
         return 0
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc = _glibc()
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     if libc.madvise(start, end - start, MADV_HUGEPAGE) != 0:
         log.debug("madvise(MADV_HUGEPAGE) failed: errno %d", ctypes.get_errno())

@@ -317,10 +317,10 @@ class WindowAttention(nn.Module):
                 tuple((g.batch, p, layout.window, layout.shift if r else (0, 0, 0))
                       for g, p, layout, r in zip(grids, padded, layouts, rolled)), x.device)
             x = _GatherRows.apply(x, order, inverse)
-        # qkv is per token, so project all rows at once; each stream's view then partitions its
-        # windows (one copy, in the attention kernel's reshape)
         # windows per axis of each stream
         counts = [tuple(s // w for s, w in zip(p, layout.window)) for p, layout in zip(padded, layouts)]
+        # qkv is per token, so project all rows at once; each stream's view then partitions its
+        # windows (one copy, in the attention kernel's reshape)
         shapes = tuple((g.batch, math.prod(nw), math.prod(layout.window), 3, heads, d) if r else
                        (g.batch, nw[0], layout.window[0], nw[1], layout.window[1], nw[2], layout.window[2], 3, heads, d)
                        for g, nw, layout, r in zip(grids, counts, layouts, rolled))
