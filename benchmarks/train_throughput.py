@@ -8,7 +8,8 @@ share of a step spent in the tokenizer, the forward+backward pass and the optimi
 known peak the model FLOP utilisation:
 FLOPs of one step counted with torch.utils.flop_counter (the trained network's forward and
 backward = "model"; plus the tokenizer's forward = "all") over peak x step time; and the host's
-page faults and system CPU time per step (see bevt/host_memory.py).
+page faults and system CPU time per step, and on CPU the time taken to put the heap on huge
+pages after warm-up, as `bevt train` does after its first step (see bevt/host_memory.py).
 
     python benchmarks/train_throughput.py                      # tiny_joint recipe, CPU, fp32 vs bf16
     python benchmarks/train_throughput.py --device cuda --model swin_b --precisions bf16,fp16
@@ -228,8 +229,11 @@ def main(argv=None):
         run(precision, args.warmup)
         timers[precision].pop()
     warmup_seconds = time.perf_counter() - warmup_started
+    huge_pages = ""
     if device.type == "cpu":  # as `bevt train` does after its first step
-        back_heap_with_huge_pages()
+        started = time.perf_counter()
+        advised = back_heap_with_huge_pages()
+        huge_pages = f"; heap on huge pages: {advised / 2**20:.0f} MiB in {time.perf_counter() - started:.2f} s"
     seconds = {p: [] for p in precisions}
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.rounds):
@@ -263,7 +267,8 @@ def main(argv=None):
         print(f"compiled blocks: warm-up ({args.warmup} steps per precision, compilation included) {warmup_seconds:.1f} s")
     timed_steps = args.rounds * args.steps * len(precisions)
     print(f"host: {(usage_after.ru_minflt - usage_before.ru_minflt) / timed_steps:.0f} page faults and "
-          f"{(usage_after.ru_stime - usage_before.ru_stime) / timed_steps * 1e3:.1f} ms system CPU time per timed step")
+          f"{(usage_after.ru_stime - usage_before.ru_stime) / timed_steps * 1e3:.1f} ms system CPU time per timed step"
+          + huge_pages)
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 
