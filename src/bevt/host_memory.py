@@ -14,7 +14,7 @@ Once a step has grown the heap to its working size, `back_heap_with_huge_pages` 
 to back it with transparent huge pages (2 MiB instead of 4 KiB): a step sweeps hundreds of MB of
 activations and gradients, and with 4 KiB pages every sweep also walks the page tables. Where the
 system leaves huge pages to the program (`/sys/kernel/mm/transparent_hugepage/enabled` is
-`madvise`, the common default) the demo-size joint step runs about 3% faster with them.
+`madvise`, the common default) the demo-size joint step runs about 2% faster with them.
 """
 
 from __future__ import annotations

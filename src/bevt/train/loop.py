@@ -20,9 +20,10 @@ from bevt.train.logging import RunLogger, StepTimer
 from bevt.train.optim import Schedule, clip_gradients, set_lr
 
 # Runs with at least this many steps left after their first one back the CPU heap with huge
-# pages (bevt/host_memory.py). Collapsing the heap into them costs about 2.5 ms per MiB, once
-# (0.75 s for the demo-size joint model's 300 MiB, a dozen of its steps), and makes each later
-# step about 3% faster: it pays back after about 400 steps, so shorter runs skip it.
+# pages (bevt/host_memory.py). Collapsing the heap into them costs up to about 2.5 ms per MiB,
+# once (0.1-0.75 s for the demo-size joint model's 300 MiB, up to a dozen of its steps), and
+# makes each later step about 2% faster: it pays back after a few hundred steps, so shorter runs
+# skip it.
 HUGE_PAGES_MIN_STEPS = 500
 
 
